@@ -1,0 +1,74 @@
+"""trt_runtime: TensorRT (or torch.compile) speed for diffusers pipelines in one line.
+
+    from trt_runtime import wrap_pipeline
+    wrap_pipeline(pipe, unet=True, vae=True)
+
+Importing the package does no work: no CUDA query, no torch_tensorrt import, no environment read.
+Names below load their module on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+_EXPORTS = {
+    "RuntimeSettings": "trt_runtime.settings",
+    "resolve_cache_dir": "trt_runtime.settings",
+    "Dim": "trt_runtime.shapes",
+    "TensorRTRuntime": "trt_runtime.runtime",
+    "get_default_runtime": "trt_runtime.runtime",
+    "EngineCache": "trt_runtime.cache",
+    "TensorRTModule": "trt_runtime.modules.base",
+    "register_backend": "trt_runtime.backends",
+    "wrap_pipeline": "trt_runtime.pipeline",
+    "unwrap_pipeline": "trt_runtime.pipeline",
+    "TrtRuntimeError": "trt_runtime.errors",
+    "ConfigurationError": "trt_runtime.errors",
+    "BackendUnavailableError": "trt_runtime.errors",
+    "EngineBuildError": "trt_runtime.errors",
+    "EngineRunError": "trt_runtime.errors",
+    "ValidationError": "trt_runtime.errors",
+    "CacheError": "trt_runtime.errors",
+    "UnkeyableInputError": "trt_runtime.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trt_runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backends import register_backend
+    from .cache import EngineCache
+    from .errors import (
+        BackendUnavailableError,
+        CacheError,
+        ConfigurationError,
+        EngineBuildError,
+        EngineRunError,
+        TrtRuntimeError,
+        UnkeyableInputError,
+        ValidationError,
+    )
+    from .modules.base import TensorRTModule
+    from .pipeline import unwrap_pipeline, wrap_pipeline
+    from .runtime import TensorRTRuntime, get_default_runtime
+    from .settings import RuntimeSettings, resolve_cache_dir
+    from .shapes import Dim

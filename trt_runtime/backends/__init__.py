@@ -1,0 +1,63 @@
+"""Compiler backends behind one protocol, looked up by name.
+
+Backends are imported lazily: ``import trt_runtime`` never imports torch_tensorrt or inductor.
+``register_backend`` lets a user (or a test) add another compiler under a new name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+
+import torch
+
+from ..errors import BackendUnavailableError, ConfigurationError
+from .base import Backend, CompileRequest, iter_tensors
+
+__all__ = ["Backend", "CompileRequest", "iter_tensors", "get_backend", "register_backend", "select_backend"]
+
+logger = logging.getLogger(__name__)
+
+_FACTORIES: dict[str, Callable[[], Backend]] = {}
+_BUILTIN = {
+    "eager": ("trt_runtime.backends.eager", "EagerBackend"),
+    "inductor": ("trt_runtime.backends.inductor", "InductorBackend"),
+    "tensorrt": ("trt_runtime.backends.tensorrt", "TensorRTBackend"),
+}
+
+
+def register_backend(name: str, factory: Callable[[], Backend]) -> None:
+    """Make ``factory()`` the backend used for ``settings.backend == name``."""
+    _FACTORIES[name] = factory
+
+
+def get_backend(name: str) -> Backend:
+    """A new instance of the backend called ``name``."""
+    if name in _FACTORIES:
+        return _FACTORIES[name]()
+    if name not in _BUILTIN:
+        known = ", ".join(sorted({*_BUILTIN, *_FACTORIES, "auto"}))
+        raise ConfigurationError(f"unknown backend {name!r}", hint=f"use one of {known}")
+    module_name, cls_name = _BUILTIN[name]
+    return getattr(importlib.import_module(module_name), cls_name)()
+
+
+def select_backend(name: str, device: torch.device | None) -> Backend:
+    """Resolve ``auto`` (tensorrt when it can really run, else inductor) and check availability."""
+    if name != "auto":
+        backend = get_backend(name)
+        backend.check_available(device)
+        return backend
+    for candidate in ("tensorrt", "inductor"):
+        try:
+            backend = get_backend(candidate)
+            backend.check_available(device)
+        except ImportError as err:  # BackendUnavailableError is an ImportError
+            reason = err.message if isinstance(err, BackendUnavailableError) else str(err)
+            logger.info("backend 'auto': %s unavailable (%s); trying the next one", candidate, reason)
+            continue
+        logger.info("backend 'auto' selected %s for device %s", candidate, device or "cpu")
+        return backend
+    logger.info("backend 'auto': no compiler available; running eagerly")
+    return get_backend("eager")

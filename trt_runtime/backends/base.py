@@ -1,0 +1,97 @@
+"""The protocol every compiler backend implements, and the request the runtime hands it.
+
+A backend turns (module, one call's example inputs, declared dynamic dims, settings) into a callable,
+writes that callable's artifact into a folder, and loads it back in a later process. The runtime owns
+keys, locking, fallback and statistics; a backend owns nothing but its compiler.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import BackendUnavailableError
+from ..settings import RuntimeSettings
+from ..shapes import Dim
+
+__all__ = ["Backend", "CompileRequest", "iter_tensors"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileRequest:
+    """Everything a backend may read to compile, save or load one artifact."""
+
+    component: str
+    """Name of the wrapped component, for messages and logs (``unet``, ``vae.decoder``...)."""
+    module: torch.nn.Module
+    """Calling ``module(*args, **kwargs)`` runs the eager computation that is to be compiled."""
+    args: tuple
+    kwargs: Mapping[str, Any]
+    """The example call (the real first call of this signature)."""
+    names: tuple[str, ...]
+    """Parameter names of the positional arguments, to address them by name in ``dynamic``."""
+    dynamic: Mapping[str, Mapping[int, Dim]]
+    """Declared dynamic dims that apply to this call, by argument path; empty: static shapes."""
+    settings: RuntimeSettings
+    device: torch.device | None
+    """Device of the module's parameters (None for a module without any)."""
+    precision: str
+    """``fp32``/``fp16``/``bf16``: the requested precision, or the module's own dtype."""
+
+
+class Backend(abc.ABC):
+    """One compiler. Subclasses set ``name`` and ``artifact_fields`` and implement the methods."""
+
+    name: ClassVar[str]
+    artifact_fields: ClassVar[frozenset[str]] = frozenset()
+    """Settings fields that change what this backend produces; they enter the cache key."""
+    persistent: ClassVar[bool] = True
+    """Whether artifacts can be saved and loaded (eager has nothing to save)."""
+
+    def check_available(self, device: torch.device | None) -> None:
+        """Raise ``BackendUnavailableError`` saying why this backend cannot run on ``device``."""
+
+    def is_available(self, device: torch.device | None) -> bool:
+        try:
+            self.check_available(device)
+        except BackendUnavailableError:
+            return False
+        return True
+
+    def versions(self) -> dict[str, str]:
+        """Library versions that make an artifact valid (they enter the cache key)."""
+        return {}
+
+    @abc.abstractmethod
+    def compile(self, request: CompileRequest) -> Callable[..., Any]:
+        """Return a callable with the module's calling convention. It may compile lazily on its first
+        call: the runtime times and guards the first call as part of the build."""
+
+    def save(self, compiled: Callable[..., Any], request: CompileRequest, directory: Path) -> None:
+        """Write the artifact of ``compiled`` into the empty folder ``directory``."""
+        raise NotImplementedError(f"backend {self.name!r} cannot save artifacts")
+
+    def load(self, request: CompileRequest, directory: Path) -> Callable[..., Any]:
+        """Rebuild the callable from ``directory`` (written by ``save``, possibly in another process)."""
+        raise NotImplementedError(f"backend {self.name!r} cannot load artifacts")
+
+
+def iter_tensors(args: tuple, kwargs: Mapping[str, Any], names: tuple[str, ...] = ()):
+    """Yield ``(path, tensor)`` for every tensor in a call, with the same paths as keys.signature."""
+    stack: list[tuple[str, Any]] = [
+        (names[i] if i < len(names) else f"args{i}", a) for i, a in enumerate(args)
+    ]
+    stack += [(k, kwargs[k]) for k in sorted(kwargs)]
+    while stack:
+        path, value = stack.pop(0)
+        if isinstance(value, torch.Tensor):
+            yield path, value
+        elif isinstance(value, (list, tuple)):
+            stack[0:0] = [(f"{path}.{i}", v) for i, v in enumerate(value)]
+        elif isinstance(value, Mapping):
+            stack[0:0] = [(f"{path}.{k}", value[k]) for k in sorted(value, key=str)]

@@ -1,0 +1,104 @@
+"""torch.compile (inductor) backend: runs on CPU and GPU, and persists through torch's cache artifacts.
+
+Compiling is lazy: ``compile()`` returns the ``torch.compile`` wrapper and the runtime's first call
+triggers (and times) the real work. ``save()`` stores ``torch.compiler.save_cache_artifacts()`` (the
+inductor FX-graph, AOTAutograd and autotuning cache entries of this compile); ``load()`` feeds them to
+``torch.compiler.load_cache_artifacts()`` so the next process's first call skips code generation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..errors import BackendUnavailableError
+from .base import Backend, CompileRequest, iter_tensors
+
+__all__ = ["InductorBackend"]
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT = "inductor_cache.bin"
+
+
+class InductorBackend(Backend):
+    name = "inductor"
+    artifact_fields = frozenset(
+        {"inductor_mode", "fullgraph", "inductor_options", "channels_last", "cuda_graphs", "precision"}
+    )
+
+    def check_available(self, device):
+        if not hasattr(torch, "compile") or not hasattr(torch.compiler, "save_cache_artifacts"):
+            raise BackendUnavailableError(
+                f"torch {torch.__version__} lacks torch.compile cache artifacts", hint="install torch>=2.11"
+            )
+
+    def versions(self):
+        versions = {}
+        try:
+            import triton
+
+            versions["triton"] = triton.__version__
+        except ImportError:
+            pass
+        return versions
+
+    def compile(self, request: CompileRequest):
+        _forget_recorded_artifacts()
+        return self._wrap(request)
+
+    def save(self, compiled, request: CompileRequest, directory: Path) -> None:
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is None:
+            raise RuntimeError("torch.compiler.save_cache_artifacts() returned nothing to save")
+        payload, info = saved
+        (directory / ARTIFACT).write_bytes(payload)
+        logger.debug("[%s] saved %d bytes of inductor cache artifacts: %s", request.component, len(payload), info)
+
+    def load(self, request: CompileRequest, directory: Path):
+        payload = (directory / ARTIFACT).read_bytes()
+        torch.compiler.load_cache_artifacts(payload)
+        return self._wrap(request)
+
+    # ------------------------------------------------------------------------------------------------
+    def _wrap(self, request: CompileRequest):
+        settings = request.settings
+        _raise_recompile_limit(settings.max_shapes_per_component)
+        if request.dynamic:
+            for path, tensor in iter_tensors(request.args, request.kwargs, request.names):
+                for index, dim in request.dynamic.get(path, {}).items():
+                    torch._dynamo.mark_dynamic(tensor, index, min=dim.min, max=dim.max)
+        mode = settings.inductor_mode
+        if settings.cuda_graphs and mode in (None, "default"):
+            mode = "reduce-overhead"
+        kwargs = {"fullgraph": settings.fullgraph, "dynamic": None if request.dynamic else False}
+        if settings.inductor_options:
+            kwargs["options"] = dict(settings.inductor_options)
+        elif mode:
+            kwargs["mode"] = mode
+        return torch.compile(request.module, backend="inductor", **kwargs)
+
+
+def _forget_recorded_artifacts() -> None:
+    """Start this key's recording afresh, so its saved artifact holds only its own entries.
+
+    Uses torch's private CacheArtifactManager; without it the artifact also carries entries of
+    earlier compiles in this process, which is larger but still correct.
+    """
+    try:
+        from torch.compiler._cache import CacheArtifactManager
+
+        CacheArtifactManager.clear()
+    except (ImportError, AttributeError):  # pragma: no cover - depends on torch internals
+        logger.debug("torch.compiler._cache.CacheArtifactManager.clear unavailable; artifacts accumulate")
+
+
+def _raise_recompile_limit(limit: int) -> None:
+    """Every signature of one module compiles the same forward code object; dynamo's default limit of
+    8 recompiles would silently turn the 9th shape eager. Lift it to our own per-component cap."""
+    config = torch._dynamo.config
+    if getattr(config, "recompile_limit", limit) < limit:
+        logger.debug("raising torch._dynamo.config.recompile_limit to %d", limit)
+        config.recompile_limit = limit

@@ -1,0 +1,201 @@
+"""Pure functions that say when two calls may share a compiled artifact.
+
+- ``signature()``: a hashable description of one call's arguments (tensor shapes or declared ranges,
+  dtypes, device types; plain values by value; containers walked). Cheap: it runs on every call.
+- ``module_fingerprint()``: what the module is (class, config, parameter layout, a weights digest).
+  Expensive: computed once per wrapper and remembered.
+- ``cache_key()``: sha256 over the canonical JSON of everything above plus backend, options and versions.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .errors import UnkeyableInputError
+from .shapes import Dim
+
+__all__ = [
+    "CACHE_FORMAT",
+    "signature",
+    "signature_json",
+    "tensor_shapes",
+    "module_fingerprint",
+    "environment",
+    "canonical_json",
+    "cache_key",
+]
+
+CACHE_FORMAT = 1
+"""Bump when the on-disk layout or meaning of a key changes: old entries then simply never match."""
+
+_SAMPLE_ELEMENTS = 4096
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {"_name_or_path", "_commit_hash", "transformers_version", "_diffusers_version", "_use_default_values"}
+)
+
+
+# --------------------------------------------------------------------------------------------- signature
+def signature(args: tuple, kwargs: Mapping[str, Any], names: tuple[str, ...] = (), spec=None) -> tuple:
+    """Describe a call so that equal descriptions can share one artifact.
+
+    ``names`` gives the parameter names of positional arguments, so that a spec can address them by
+    name. A tensor dimension declared in ``spec`` and inside its range is replaced by its ``Dim``;
+    outside the range the exact size is kept (that call gets its own artifact).
+    Raises ``UnkeyableInputError`` for values whose identity cannot be put in a key.
+    """
+    pos = tuple(
+        _describe(a, names[i] if i < len(names) else f"args{i}", spec) for i, a in enumerate(args)
+    )
+    kw = tuple((k, _describe(kwargs[k], k, spec)) for k in sorted(kwargs))
+    return (pos, kw)
+
+
+def _describe(value: Any, path: str, spec) -> Any:
+    if isinstance(value, torch.Tensor):
+        shape: tuple = tuple(value.shape)
+        dims = spec.get(path) if spec else None
+        if dims:
+            shape = tuple(
+                dims[i] if i in dims and dims[i].contains(size) else size for i, size in enumerate(shape)
+            )
+        return ("T", shape, str(value.dtype)[6:], value.device.type)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return (type(value).__name__, value)
+    if isinstance(value, (list, tuple)):
+        tag = "L" if isinstance(value, list) else "U"
+        return (tag, tuple(_describe(v, f"{path}.{i}", spec) for i, v in enumerate(value)))
+    if isinstance(value, Mapping):
+        return ("D", tuple((str(k), _describe(value[k], f"{path}.{k}", spec)) for k in sorted(value, key=str)))
+    if isinstance(value, (torch.dtype, torch.device)):
+        return ("S", str(value))
+    if isinstance(value, enum.Enum):
+        return ("E", f"{type(value).__qualname__}.{value.name}")
+    raise UnkeyableInputError(
+        f"argument {path!r} of type {type(value).__qualname__} cannot be part of a cache key",
+        hint="pass tensors, numbers, strings, None or containers of them; this call runs eagerly",
+    )
+
+
+def signature_json(sig: tuple) -> Any:
+    """The signature as readable JSON (for meta.json and `trt-runtime cache ls`)."""
+    return _jsonable(sig)
+
+
+def tensor_shapes(args: tuple, kwargs: Mapping[str, Any]) -> list[tuple[int, ...]]:
+    """Shapes of every tensor in a call, in order: for error messages and logs."""
+    leaves, _ = torch.utils._pytree.tree_flatten((args, dict(kwargs)))
+    return [tuple(t.shape) for t in leaves if isinstance(t, torch.Tensor)]
+
+
+# --------------------------------------------------------------------------------------------- module
+def module_fingerprint(module: torch.nn.Module, digest: str = "sample") -> dict[str, Any]:
+    """What makes this module's compiled artifact valid: class, config, tensor layout, weight values.
+
+    ``digest="sample"`` hashes an evenly spaced sample of each tensor (a few thousand elements), which
+    tells checkpoints and fine-tunes apart while costing milliseconds; ``"full"`` hashes every byte.
+    """
+    cls = type(module)
+    layout = hashlib.sha256()
+    weights = hashlib.sha256()
+    count = 0
+    for name, tensor in _named_state(module):
+        layout.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        _hash_tensor(weights, tensor, full=(digest == "full"))
+        count += 1
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "config": _module_config(module),
+        "layout": layout.hexdigest()[:24],
+        "tensors": count,
+        "weights": f"{digest}:{weights.hexdigest()[:24]}",
+    }
+
+
+def _named_state(module: torch.nn.Module):
+    yield from module.named_parameters(remove_duplicate=True)
+    yield from module.named_buffers(remove_duplicate=True)
+
+
+def _hash_tensor(h, tensor: torch.Tensor, full: bool) -> None:
+    t = tensor.detach()
+    if t.device.type == "meta" or t.numel() == 0:
+        h.update(b"-")
+        return
+    flat = t.reshape(-1)
+    if not full and flat.numel() > _SAMPLE_ELEMENTS:
+        step = flat.numel() // _SAMPLE_ELEMENTS
+        flat = flat[::step][:_SAMPLE_ELEMENTS]
+    h.update(flat.contiguous().cpu().view(torch.uint8).numpy().tobytes())
+
+
+def _module_config(module: torch.nn.Module) -> Any:
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "to_dict"):  # transformers PretrainedConfig
+        config = config.to_dict()
+    if not isinstance(config, Mapping):
+        return repr(config)
+    return {k: _jsonable(v) for k, v in config.items() if k not in _VOLATILE_CONFIG_KEYS}
+
+
+# --------------------------------------------------------------------------------------------- environment
+def environment(device: torch.device | None) -> dict[str, Any]:
+    """Versions and hardware an artifact was built for. Backends add their own library versions."""
+    import trt_runtime
+
+    env: dict[str, Any] = {
+        "cache_format": CACHE_FORMAT,
+        "trt_runtime": trt_runtime.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version_tuple()[:2],
+    }
+    if device is not None and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        major, minor = torch.cuda.get_device_capability(index)
+        env["gpu"] = torch.cuda.get_device_name(index)
+        env["compute_capability"] = f"{major}.{minor}"
+        env["cuda"] = torch.version.cuda
+    else:
+        env["cpu"] = platform.machine()
+    return env
+
+
+# --------------------------------------------------------------------------------------------- key
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, non-JSON values turned into tagged strings."""
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """The hex digest naming one artifact folder."""
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:40]
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
+    if isinstance(value, Dim):
+        return {"dim": value.as_json()}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__qualname__}.{value.name}"
+    return f"<{type(value).__qualname__}>{value!r}"

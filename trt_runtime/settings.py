@@ -1,0 +1,193 @@
+"""The one settings object passed down through every layer.
+
+``RuntimeSettings`` is frozen so a runtime, a wrapper and a backend can share it without defensive
+copies; ``replace()`` derives a variant. Environment variables are read by ``resolve_cache_dir()`` when
+it is called, never at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "RuntimeSettings",
+    "BACKENDS",
+    "PRECISIONS",
+    "CACHE_DIR_ENV",
+    "resolve_cache_dir",
+    "default_tolerance",
+]
+
+CACHE_DIR_ENV = "TRT_CACHE_DIR"
+BACKENDS = ("auto", "tensorrt", "inductor", "eager")
+PRECISIONS = ("fp32", "fp16", "bf16")
+_INDUCTOR_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_DIGESTS = ("sample", "full")
+
+# Max |compiled - eager| / max|eager| accepted by validation, by the precision the artifact runs in.
+_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "bf16": 5e-2}
+
+
+def default_tolerance(precision: str) -> float:
+    """Relative tolerance that fits ``precision`` (fp32, fp16, bf16)."""
+    return _TOLERANCE.get(precision, _TOLERANCE["fp16"])
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeSettings:
+    """Every option of trt_runtime, in one place.
+
+    Fields group by who reads them: the runtime (cache, fallback, validation), the inductor backend and
+    the tensorrt backend. Each backend declares which fields change its artifact (``artifact_fields``);
+    only those enter the cache key, so turning on ``validate`` never invalidates an engine.
+    """
+
+    # --- runtime -------------------------------------------------------------------------------------
+    backend: str = "auto"
+    """``auto`` (tensorrt when importable and CUDA is present, else inductor), ``tensorrt``,
+    ``inductor`` or ``eager``."""
+    cache_dir: str | None = None
+    """Engine cache folder; else ``$TRT_CACHE_DIR``; else the platform's user cache dir."""
+    persist: bool = True
+    """Write compiled artifacts to disk and read them back in later processes."""
+    strict: bool = False
+    """Raise our own exception on a compile/run/validation failure instead of falling back to eager."""
+    validate: bool = False
+    """Compare compiled and eager outputs once, on the first call of each new key."""
+    tolerance: float | None = None
+    """Validation tolerance (max abs error relative to max abs of eager); default by precision."""
+    precision: str | None = None
+    """``fp32``/``fp16``/``bf16`` to build in; None follows the module's parameter dtype."""
+    weights_digest: str = "sample"
+    """``sample`` hashes an evenly spaced sample of every tensor (tells checkpoints apart in
+    milliseconds); ``full`` hashes every byte."""
+    verify_checksum: bool = True
+    """Check each artifact's sha256 against meta.json when loading it (catches truncation and rot)."""
+    max_cache_bytes: int | None = 64 * 1024**3
+    """Size cap of the disk cache; least recently used entries are evicted above it. None: no cap."""
+    lock_timeout_s: float = 3600.0
+    """How long to wait for another process that is compiling the same key."""
+    retry_failed: bool = False
+    """Ignore failures remembered on disk and try compiling those keys again."""
+    max_shapes_per_component: int = 32
+    """Past this many compiled signatures a component runs new shapes eagerly (bounds memory)."""
+    progress_interval_s: float = 30.0
+    """While a compile runs, log a progress line this often."""
+
+    # --- inductor (torch.compile) ----------------------------------------------------------------------
+    inductor_mode: str | None = None
+    fullgraph: bool = True
+    inductor_options: Mapping[str, Any] | None = None
+    """Extra ``torch._inductor.config`` options passed as ``torch.compile(options=...)``."""
+
+    # --- shared by compilers ----------------------------------------------------------------------------
+    channels_last: bool = False
+    """Run convolutional models in channels-last memory format (helps cuDNN/TensorRT on NVIDIA GPUs)."""
+    cuda_graphs: bool = False
+    """Replay compiled work through CUDA graphs (static shapes only)."""
+
+    # --- tensorrt (torch_tensorrt.dynamo) ---------------------------------------------------------------
+    optimization_level: int | None = None
+    """TensorRT builder optimization level 0-5; higher builds longer and may run faster."""
+    workspace_size: int | None = None
+    """Bytes of GPU memory TensorRT may use as scratch while building; None: TensorRT's default."""
+    min_block_size: int | None = None
+    """Fewest ops in a TensorRT subgraph; smaller subgraphs stay in PyTorch."""
+    truncate_double: bool = True
+    """Run float64 inputs/ops in float32 inside the engine (diffusers schedulers hand out float64)."""
+    refittable: bool = False
+    """Build engines whose weights can be refit later (``immutable_weights=False``), e.g. for LoRA."""
+    offload_module_to_cpu: bool = False
+    """Keep the PyTorch copy of the module on CPU while building, to fit large transformers."""
+    tensorrt_options: Mapping[str, Any] | None = None
+    """Extra keyword arguments for ``torch_tensorrt.dynamo.compile`` (checked against its signature)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigurationError(
+                f"unknown backend {self.backend!r}", hint=f"use one of {', '.join(BACKENDS)}"
+            )
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ConfigurationError(
+                f"unknown precision {self.precision!r}", hint=f"use one of {', '.join(PRECISIONS)} or None"
+            )
+        if self.inductor_mode not in _INDUCTOR_MODES:
+            raise ConfigurationError(f"unknown inductor_mode {self.inductor_mode!r}")
+        if self.weights_digest not in _DIGESTS:
+            raise ConfigurationError(f"weights_digest must be 'sample' or 'full', not {self.weights_digest!r}")
+        if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
+            raise ConfigurationError(f"optimization_level must be in 0..5, not {self.optimization_level}")
+        if self.max_cache_bytes is not None and self.max_cache_bytes <= 0:
+            raise ConfigurationError("max_cache_bytes must be positive or None")
+        if self.tolerance is not None and not self.tolerance > 0:
+            raise ConfigurationError("tolerance must be positive")
+        if self.max_shapes_per_component < 1:
+            raise ConfigurationError("max_shapes_per_component must be at least 1")
+        # Freeze mappings so the settings stay hashable and canonical.
+        for name in ("inductor_options", "tensorrt_options"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, _FrozenMap):
+                object.__setattr__(self, name, _FrozenMap(value))
+
+    def replace(self, **changes: Any) -> RuntimeSettings:
+        """A copy with ``changes`` applied; unknown names raise ``ConfigurationError``."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigurationError(
+                f"unknown setting(s): {', '.join(sorted(unknown))}",
+                hint="see trt_runtime.RuntimeSettings for the valid names",
+            )
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def describe(self, fields: tuple[str, ...] | frozenset[str]) -> dict[str, Any]:
+        """The named fields as plain JSON-able values (for cache keys and meta.json)."""
+        out = {}
+        for name in sorted(fields):
+            value = getattr(self, name)
+            out[name] = dict(value) if isinstance(value, Mapping) else value
+        return out
+
+
+class _FrozenMap(Mapping):
+    """A read-only, hashable mapping (settings are frozen all the way down)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._data.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self) == dict(other)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+
+def resolve_cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``explicit``, else ``$TRT_CACHE_DIR``, else platformdirs' user cache dir."""
+    if explicit:
+        return Path(explicit).expanduser()
+    from_env = os.environ.get(CACHE_DIR_ENV)
+    if from_env:
+        return Path(from_env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("trt_runtime", appauthor=False)) / "engines"

@@ -1,0 +1,94 @@
+"""Counters a user can print: what was compiled, loaded, reused and how long each took."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+__all__ = ["KeyStats", "RuntimeStats"]
+
+
+@dataclasses.dataclass
+class KeyStats:
+    """What happened to one (component, cache key)."""
+
+    component: str
+    key: str
+    shapes: str
+    backend: str = ""
+    state: str = "miss"
+    calls: int = 0
+    compiles: int = 0
+    loads: int = 0
+    compile_seconds: float = 0.0
+    load_seconds: float = 0.0
+    fallbacks: int = 0
+    error: str | None = None
+
+
+class RuntimeStats:
+    """Thread-safe statistics of one runtime, by component and key."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[tuple[str, str], KeyStats] = {}
+
+    def record(self, component: str, key: str, shapes: str = "", **changes: Any) -> KeyStats:
+        """Add numeric ``changes`` (calls=1, compile_seconds=...) and set the others (state=...)."""
+        with self._lock:
+            stats = self._by_key.get((component, key))
+            if stats is None:
+                stats = self._by_key[(component, key)] = KeyStats(component, key, shapes)
+            for name, value in changes.items():
+                current = getattr(stats, name)
+                if isinstance(current, (int, float)) and not isinstance(current, bool) and name != "state":
+                    setattr(stats, name, current + value)
+                else:
+                    setattr(stats, name, value)
+            return stats
+
+    def rows(self) -> list[KeyStats]:
+        with self._lock:
+            return [dataclasses.replace(s) for s in self._by_key.values()]
+
+    def totals(self) -> dict[str, Any]:
+        rows = self.rows()
+        return {
+            "keys": len(rows),
+            "calls": sum(r.calls for r in rows),
+            "compiles": sum(r.compiles for r in rows),
+            "loads": sum(r.loads for r in rows),
+            "fallbacks": sum(r.fallbacks for r in rows),
+            "failed": sum(r.state == "failed" for r in rows),
+            "compile_seconds": round(sum(r.compile_seconds for r in rows), 3),
+            "load_seconds": round(sum(r.load_seconds for r in rows), 3),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"totals": self.totals(), "keys": [dataclasses.asdict(r) for r in self.rows()]}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._by_key.clear()
+
+    def summary(self) -> str:
+        """A table, one line per component and key."""
+        rows = self.rows()
+        if not rows:
+            return "trt_runtime: nothing compiled or loaded yet"
+        header = ("component", "key", "backend", "state", "calls", "compiled", "loaded", "build s", "load s",
+                  "fallbacks", "shapes")
+        lines = [header]
+        for r in rows:
+            lines.append((r.component, r.key[:10], r.backend, r.state, str(r.calls), str(r.compiles),
+                          str(r.loads), f"{r.compile_seconds:.2f}", f"{r.load_seconds:.2f}", str(r.fallbacks),
+                          r.shapes[:60]))
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+        out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+        t = self.totals()
+        out.append(
+            f"total: {t['calls']} calls, {t['compiles']} compiled ({t['compile_seconds']:.2f} s), "
+            f"{t['loads']} loaded from disk ({t['load_seconds']:.2f} s), {t['fallbacks']} eager fallbacks"
+        )
+        return "\n".join(out)
