@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import keys
-from .backends import Backend, CompileRequest, select_backend
+from .backends import Backend, CompileRequest, check_backend_name, select_backend
 from .cache import FAILED, READY, EngineCache
 from .errors import (
     CacheError,
@@ -79,7 +79,7 @@ class Component:
         self.spec = normalize_spec(shapes)
         self.settings = settings or runtime.settings
         self.slots: dict[tuple, _Slot] = {}
-        self._fingerprint: dict[str, Any] | None = None
+        self._fingerprints: dict[Any, dict[str, Any]] = {}
         self._probe = next(iter(module.parameters()), None)
         self._probe_state = self._read_probe()
         self._warned: set[str] = set()
@@ -96,28 +96,30 @@ class Component:
         p = self._probe
         return None if p is None else (p.dtype, p.device, p.requires_grad)
 
-    def check_module(self) -> None:
-        """O(1) check on the hot path: a ``.to()`` since the last call forgets compiled signatures."""
+    def check_module(self) -> tuple | None:
+        """O(1) read of the module's dtype/device on the hot path. Compiled signatures are kept per
+        state, so offloading that moves a module back and forth reuses them instead of rebuilding."""
         state = self._read_probe()
         if state != self._probe_state:
-            logger.debug("[%s] module moved or cast (%s -> %s); forgetting compiled signatures",
-                         self.name, self._probe_state, state)
+            logger.debug("[%s] module moved or cast (%s -> %s)", self.name, self._probe_state, state)
             self._probe_state = state
-            self.invalidate()
+        return state
 
     def invalidate(self) -> None:
         """Forget compiled callables and the weights fingerprint (after changing weights in place,
         e.g. fusing a LoRA). The next call looks up or builds artifacts for the new weights."""
         with self._lock:
             self.slots.clear()
-            self._fingerprint = None
+            self._fingerprints.clear()
 
     def fingerprint(self) -> dict[str, Any]:
-        if self._fingerprint is None:
+        """The module's fingerprint for its current dtype (computed once per dtype, then remembered)."""
+        dtype = None if self._probe is None else self._probe.dtype
+        if dtype not in self._fingerprints:
             started = time.perf_counter()
-            self._fingerprint = keys.module_fingerprint(self.module, self.settings.weights_digest)
+            self._fingerprints[dtype] = keys.module_fingerprint(self.module, self.settings.weights_digest)
             logger.debug("[%s] fingerprinted weights in %.3f s", self.name, time.perf_counter() - started)
-        return self._fingerprint
+        return self._fingerprints[dtype]
 
     @property
     def device(self) -> torch.device | None:
@@ -147,6 +149,7 @@ class TensorRTRuntime:
         if cache_dir is not None:
             overrides["cache_dir"] = os.fspath(cache_dir)
         self.settings = settings.replace(**overrides)
+        check_backend_name(self.settings.backend)
         self.stats = RuntimeStats()
         self._cache: EngineCache | None = None
         self._backends: dict[str, Backend] = {}
@@ -189,9 +192,9 @@ class TensorRTRuntime:
         """Run ``comp`` on one call: compiled when possible, eagerly otherwise."""
         if torch.compiler.is_compiling():  # traced by an outer torch.compile/export: stay transparent
             return comp.eager(*args, **kwargs)
-        comp.check_module()
+        state = comp.check_module()
         try:
-            sig = keys.signature(args, kwargs, comp.names, comp.spec)
+            sig = (state, keys.signature(args, kwargs, comp.names, comp.spec))
         except UnkeyableInputError as err:
             if comp.settings.strict:
                 raise
@@ -249,7 +252,7 @@ class TensorRTRuntime:
         parts = {
             "component": comp.name,
             "module": comp.fingerprint(),
-            "signature": keys.signature_json(sig),
+            "signature": keys.signature_json(sig[1]),
             "backend": backend.name,
             "options": settings.describe(backend.artifact_fields),
             "precision": comp.precision,

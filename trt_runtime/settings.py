@@ -109,10 +109,9 @@ class RuntimeSettings:
     """Extra keyword arguments for ``torch_tensorrt.dynamo.compile`` (checked against its signature)."""
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ConfigurationError(
-                f"unknown backend {self.backend!r}", hint=f"use one of {', '.join(BACKENDS)}"
-            )
+        if not isinstance(self.backend, str) or not self.backend:
+            raise ConfigurationError(f"backend must be a name, not {self.backend!r}",
+                                     hint=f"use one of {', '.join(BACKENDS)} or a registered backend")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ConfigurationError(
                 f"unknown precision {self.precision!r}", hint=f"use one of {', '.join(PRECISIONS)} or None"
@@ -125,6 +124,8 @@ class RuntimeSettings:
             raise ConfigurationError(f"optimization_level must be in 0..5, not {self.optimization_level}")
         if self.max_cache_bytes is not None and self.max_cache_bytes <= 0:
             raise ConfigurationError("max_cache_bytes must be positive or None")
+        if self.inductor_mode not in (None, "default") and self.inductor_options:
+            raise ConfigurationError("torch.compile takes either inductor_mode or inductor_options, not both")
         if self.tolerance is not None and not self.tolerance > 0:
             raise ConfigurationError("tolerance must be positive")
         if self.max_shapes_per_component < 1:

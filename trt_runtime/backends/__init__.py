@@ -15,7 +15,7 @@ import torch
 from ..errors import BackendUnavailableError, ConfigurationError
 from .base import Backend, CompileRequest, iter_tensors
 
-__all__ = ["Backend", "CompileRequest", "iter_tensors", "get_backend", "register_backend", "select_backend"]
+__all__ = ["Backend", "CompileRequest", "iter_tensors", "check_backend_name", "get_backend", "register_backend", "select_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +32,18 @@ def register_backend(name: str, factory: Callable[[], Backend]) -> None:
     _FACTORIES[name] = factory
 
 
-def get_backend(name: str) -> Backend:
-    """A new instance of the backend called ``name``."""
-    if name in _FACTORIES:
-        return _FACTORIES[name]()
-    if name not in _BUILTIN:
+def check_backend_name(name: str) -> None:
+    """Raise ``ConfigurationError`` unless ``name`` is ``auto``, built in or registered."""
+    if name != "auto" and name not in _BUILTIN and name not in _FACTORIES:
         known = ", ".join(sorted({*_BUILTIN, *_FACTORIES, "auto"}))
         raise ConfigurationError(f"unknown backend {name!r}", hint=f"use one of {known}")
+
+
+def get_backend(name: str) -> Backend:
+    """A new instance of the backend called ``name``."""
+    check_backend_name(name)
+    if name in _FACTORIES:
+        return _FACTORIES[name]()
     module_name, cls_name = _BUILTIN[name]
     return getattr(importlib.import_module(module_name), cls_name)()
 
