@@ -44,12 +44,17 @@ class TrtRuntimeError(Exception):
         path: Any = None,
         hint: str | None = None,
     ) -> None:
+        self._set(message, component, shapes, path, hint)
+        super().__init__(self._render())
+        # ImportError.__init__ resets its own ``path`` attribute: set the fields again afterwards.
+        self._set(message, component, shapes, path, hint)
+
+    def _set(self, message, component, shapes, path, hint) -> None:
         self.message = message
         self.component = component
         self.shapes = shapes
         self.path = None if path is None else str(path)
         self.hint = hint
-        super().__init__(self._render())
 
     def _render(self) -> str:
         parts = []

@@ -1,0 +1,150 @@
+"""The on-disk store: atomic, verified, capped, and harmless when the disk misbehaves."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from trt_runtime import CacheError
+from trt_runtime.cache import FAILED, READY, EngineCache
+
+KEY = "ab" * 20
+OTHER = "cd" * 20
+
+
+def fill_with(data: bytes):
+    def fill(folder):
+        (folder / "engine.bin").write_bytes(data)
+
+    return fill
+
+
+def test_write_then_read_verifies_files(tmp_path):
+    cache = EngineCache(tmp_path)
+    entry = cache.write(KEY, {"component": "unet"}, fill_with(b"x" * 100))
+    assert entry.status == READY and entry.size == 100
+    read = cache.read(KEY)
+    assert read.meta["component"] == "unet"
+    assert read.meta["files"]["engine.bin"]["size"] == 100
+    assert cache.read(OTHER) is None
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])
+def test_damaged_entries_read_as_a_miss(tmp_path, damage, caplog):
+    cache = EngineCache(tmp_path)
+    entry = cache.write(KEY, {}, fill_with(b"0123456789" * 10))
+    artifact = entry.path / "engine.bin"
+    if damage == "truncate":
+        artifact.write_bytes(b"0123")
+    elif damage == "flip":
+        artifact.write_bytes(b"9" + artifact.read_bytes()[1:])
+    elif damage == "delete":
+        artifact.unlink()
+    else:
+        (entry.path / "meta.json").write_text("{not json")
+    assert cache.read(KEY) is None
+    assert caplog.records, "a damaged entry should be reported, not silently skipped"
+
+
+def test_failures_are_recorded_and_replaced_by_a_later_success(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write_failure(KEY, {"component": "vae"}, "RuntimeError: boom")
+    entry = cache.read(KEY)
+    assert entry.status == FAILED and entry.meta["error"] == "RuntimeError: boom"
+    cache.write(KEY, {}, fill_with(b"ok"))
+    assert cache.read(KEY).status == READY
+
+
+def test_failed_fill_publishes_nothing_and_cleans_up(tmp_path):
+    cache = EngineCache(tmp_path)
+
+    def fill(folder):
+        (folder / "engine.bin").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CacheError, match="No space left") as info:
+        cache.write(KEY, {}, fill)
+    assert isinstance(info.value, OSError) and KEY in info.value.path
+    assert cache.read(KEY) is None
+    assert not any((tmp_path / ".staging").iterdir())
+
+
+def test_unwritable_root_raises_cache_error(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cache = EngineCache(blocker / "cache")
+    with pytest.raises(CacheError):
+        cache.write(KEY, {}, fill_with(b"x"))
+    with pytest.raises(CacheError):
+        with cache.lock(KEY, timeout=1):
+            pass
+    assert cache.read(KEY) is None and cache.entries() == []
+
+
+def test_an_existing_entry_survives_a_failed_overwrite(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {"generation": 1}, fill_with(b"first"))
+
+    def broken(folder):
+        raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(CacheError):
+        cache.write(KEY, {"generation": 2}, broken)
+    assert cache.read(KEY).meta["generation"] == 1
+
+
+def test_lru_eviction_keeps_newest_and_just_written(tmp_path):
+    cache = EngineCache(tmp_path, max_bytes=250)
+    keys = [f"{i:02x}" * 20 for i in range(4)]
+    for age, key in enumerate(keys):
+        cache.write(key, {}, fill_with(b"x" * 100))
+        os.utime(cache.path_for(key) / "meta.json", (1000 + age, 1000 + age))
+    # writing the fourth evicted the oldest entries down to the cap
+    remaining = {e.key for e in cache.entries()}
+    assert keys[-1] in remaining and keys[0] not in remaining
+    assert cache.total_bytes() <= 250
+
+
+def test_entry_in_use_by_another_lock_is_not_evicted(tmp_path):
+    cache = EngineCache(tmp_path, max_bytes=150)
+    cache.write(KEY, {}, fill_with(b"x" * 100))
+    os.utime(cache.path_for(KEY) / "meta.json", (1000, 1000))
+    with cache.lock(KEY, timeout=1):
+        cache.write(OTHER, {}, fill_with(b"y" * 100))
+        assert cache.read(KEY) is not None  # locked: skipped, even though over the cap
+
+
+def test_lock_times_out_with_cache_error(tmp_path):
+    import filelock
+
+    cache = EngineCache(tmp_path)
+    (tmp_path / ".locks").mkdir()
+    holder = filelock.FileLock(str(tmp_path / ".locks" / f"{KEY}.lock"))
+    holder.acquire()
+    try:
+        with pytest.raises(CacheError, match="another process"):
+            with cache.lock(KEY, timeout=0.2):
+                pass
+    finally:
+        holder.release()
+
+
+def test_clear_by_status_and_invalid_keys(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {}, fill_with(b"x"))
+    cache.write_failure(OTHER, {}, "boom")
+    assert cache.clear(status=FAILED) == 1
+    assert [e.key for e in cache.entries()] == [KEY]
+    assert cache.clear() == 1 and cache.entries() == []
+    with pytest.raises(CacheError):
+        cache.read("../../etc")
+
+
+def test_meta_json_is_readable(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {"component": "unet", "shapes": [[2, 4, 64, 64]]}, fill_with(b"x"))
+    meta = json.loads((tmp_path / KEY / "meta.json").read_text())
+    assert meta["status"] == "ready" and meta["shapes"] == [[2, 4, 64, 64]] and "written" in meta

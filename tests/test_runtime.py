@@ -1,0 +1,269 @@
+"""TensorRTRuntime: memory -> disk -> compile, and every fallback path of the state machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from trt_runtime import (
+    ConfigurationError,
+    EngineBuildError,
+    EngineRunError,
+    TensorRTModule,
+    TensorRTRuntime,
+)
+from trt_runtime.backends import _FACTORIES, register_backend
+
+from .support import backends as doubles
+from .support.backends import tiny_mlp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _inference():
+    """Pipelines run under no_grad; so do these tests (the grad case is tested explicitly)."""
+    with torch.no_grad():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _doubles():
+    for cls in (doubles.CountingExport, doubles.FailingBuild, doubles.BrittleRun, doubles.WrongResult):
+        register_backend(cls.name, cls)
+        cls.builds = 0
+    yield
+    for cls in (doubles.CountingExport, doubles.FailingBuild, doubles.BrittleRun, doubles.WrongResult):
+        _FACTORIES.pop(cls.name, None)
+
+
+def wrapped(backend: str, cache_dir, **settings):
+    rt = TensorRTRuntime(backend=backend, cache_dir=cache_dir, **settings)
+    module = tiny_mlp()
+    return rt, module, TensorRTModule(module, runtime=rt, name="mlp")
+
+
+def test_second_call_compiles_nothing_and_new_shape_compiles_once(export_backend, cache_dir):
+    rt, module, w = wrapped("export", cache_dir)
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(w(x), module(x))
+    x2 = torch.randn(2, 8)
+    torch.testing.assert_close(w(x2), module(x2))
+    assert rt.stats.totals()["compiles"] == 1
+    y = torch.randn(5, 8)
+    torch.testing.assert_close(w(y), module(y))
+    w(y)
+    totals = rt.stats.totals()
+    assert totals["compiles"] == 2 and totals["calls"] == 4 and totals["fallbacks"] == 0
+
+
+def test_new_runtime_loads_from_disk_without_compiling(export_backend, cache_dir):
+    rt1, module, w1 = wrapped("export", cache_dir)
+    x = torch.randn(3, 8)
+    expected = w1(x)
+    rt2 = TensorRTRuntime(backend="export", cache_dir=cache_dir)
+    w2 = TensorRTModule(tiny_mlp(), runtime=rt2, name="mlp")
+    torch.testing.assert_close(w2(x), expected)
+    assert rt2.stats.totals()["compiles"] == 0 and rt2.stats.totals()["loads"] == 1
+
+
+def test_changed_weights_get_a_new_key(export_backend, cache_dir):
+    rt, module, w = wrapped("export", cache_dir)
+    x = torch.randn(2, 8)
+    w(x)
+    other = TensorRTModule(tiny_mlp(seed=1), runtime=rt, name="mlp")
+    torch.testing.assert_close(other(x), other.module(x))
+    assert rt.stats.totals()["compiles"] == 2 and rt.stats.totals()["keys"] == 2
+    # in-place change + invalidate(): the same wrapper builds for the new weights
+    with torch.no_grad():
+        module[0].bias.add_(1.0)
+    w.invalidate()
+    torch.testing.assert_close(w(x), module(x))
+    assert rt.stats.totals()["compiles"] == 3
+
+
+def test_to_dtype_uses_a_separate_artifact(export_backend, cache_dir):
+    rt, module, w = wrapped("export", cache_dir)
+    w(torch.randn(2, 8))
+    w.to(torch.float64)
+    x = torch.randn(2, 8, dtype=torch.float64)
+    out = w(x)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, module(x))
+    assert rt.stats.totals()["compiles"] == 2
+
+
+def test_compile_failure_falls_back_once_and_is_remembered(cache_dir, caplog):
+    rt, module, w = wrapped("failing", cache_dir)
+    x = torch.randn(2, 8)
+    with caplog.at_level(logging.WARNING, logger="trt_runtime"):
+        torch.testing.assert_close(w(x), module(x))
+        torch.testing.assert_close(w(x), module(x))
+    assert doubles.FailingBuild.builds == 1
+    warnings = [r for r in caplog.records if "build for input shapes" in r.getMessage()]
+    assert len(warnings) == 1 and "mlp" in warnings[0].getMessage() and "2x8" in warnings[0].getMessage()
+    # a new process (new runtime) reads the failure from disk and does not retry
+    rt2 = TensorRTRuntime(backend="failing", cache_dir=cache_dir)
+    TensorRTModule(tiny_mlp(), runtime=rt2, name="mlp")(x)
+    assert doubles.FailingBuild.builds == 1
+    assert rt2.stats.totals()["failed"] == 1
+    # ...unless asked to
+    rt3 = TensorRTRuntime(backend="failing", cache_dir=cache_dir, retry_failed=True)
+    TensorRTModule(tiny_mlp(), runtime=rt3, name="mlp")(x)
+    assert doubles.FailingBuild.builds == 2
+
+
+def test_strict_mode_raises_our_error(cache_dir):
+    rt, module, w = wrapped("failing", cache_dir, strict=True)
+    with pytest.raises(EngineBuildError, match=r"\[mlp\] build failed.*frobnicate") as info:
+        w(torch.randn(2, 8))
+    assert info.value.shapes == [(2, 8)] and isinstance(info.value, RuntimeError)
+
+
+def test_run_time_failure_reruns_eagerly_and_is_not_retried(cache_dir):
+    rt, module, w = wrapped("brittle", cache_dir)
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(w(x), module(x))  # build call
+    with pytest.warns(RuntimeWarning, match=r"\[mlp\].*failed at run time.*2x8"):
+        torch.testing.assert_close(w(x), module(x))  # artifact raises -> eager result
+    torch.testing.assert_close(w(x), module(x))  # stays eager, no second warning, no rebuild
+    assert doubles.BrittleRun.builds == 1
+    assert rt.stats.totals()["fallbacks"] == 2
+    assert rt.cache.entries()[0].status == "failed"
+
+
+def test_run_time_failure_strict_raises(cache_dir):
+    rt, module, w = wrapped("brittle", cache_dir, strict=True)
+    w(torch.randn(2, 8))
+    with pytest.raises(EngineRunError, match="illegal memory access"):
+        w(torch.randn(2, 8))
+
+
+def test_unloadable_artifact_is_rebuilt(cache_dir, caplog):
+    rt, module, w = wrapped("brittle", cache_dir)
+    x = torch.randn(2, 8)
+    w(x)
+    rt2 = TensorRTRuntime(backend="brittle", cache_dir=cache_dir)
+    w2 = TensorRTModule(tiny_mlp(), runtime=rt2, name="mlp")
+    with caplog.at_level(logging.WARNING, logger="trt_runtime"):
+        torch.testing.assert_close(w2(x), module(x))
+    assert "could not be loaded" in caplog.text
+    assert doubles.BrittleRun.builds == 2
+
+
+def test_validation_rejects_a_wrong_artifact(cache_dir):
+    rt, module, w = wrapped("wrong", cache_dir, validate=True)
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(w(x), module(x))
+    torch.testing.assert_close(w(x), module(x))
+    assert rt.stats.rows()[0].state == "failed" and "differs from eager" in rt.stats.rows()[0].error
+    # without validation the wrong artifact would have been served
+    rt2, module2, w2 = wrapped("wrong", cache_dir / "other")
+    assert not torch.allclose(w2(x), module2(x))
+
+
+def test_eager_errors_propagate_untouched(export_backend, cache_dir):
+    rt, module, w = wrapped("export", cache_dir)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        w(torch.randn(2, 7))  # eager PyTorch fails too: the caller's bug, reported as PyTorch says
+
+
+def test_unkeyable_argument_runs_eagerly(export_backend, cache_dir, caplog):
+    class TakesObject(torch.nn.Module):
+        def forward(self, x, extra=None):
+            return x * 2
+
+    rt = TensorRTRuntime(backend="export", cache_dir=cache_dir)
+    w = TensorRTModule(TakesObject(), runtime=rt)
+    with caplog.at_level(logging.WARNING, logger="trt_runtime"):
+        assert torch.equal(w(torch.ones(2), extra=object()), torch.full((2,), 2.0))
+    assert "cannot be part of a cache key" in caplog.text and rt.stats.totals()["compiles"] == 0
+
+
+def test_unwritable_cache_keeps_artifacts_in_memory(export_backend, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rt, module, w = wrapped("export", blocker / "cache")
+    x = torch.randn(2, 8)
+    with caplog.at_level(logging.WARNING, logger="trt_runtime"):
+        torch.testing.assert_close(w(x), module(x))
+        torch.testing.assert_close(w(x), module(x))
+    assert rt.stats.totals()["compiles"] == 1 and "cache unavailable" in caplog.text
+
+
+def test_training_mode_with_grad_runs_eagerly(export_backend, cache_dir):
+    rt = TensorRTRuntime(backend="export", cache_dir=cache_dir)
+    module = tiny_mlp()
+    w = TensorRTModule(module, runtime=rt)
+    with torch.enable_grad():
+        w(torch.randn(2, 8)).sum().backward()  # eager: gradients flow
+    assert module[0].weight.grad is not None and rt.stats.totals()["compiles"] == 0
+    w(torch.randn(2, 8))  # no_grad (fixture): compiled
+    assert rt.stats.totals()["compiles"] == 1
+
+
+def test_max_shapes_per_component_bounds_compiles(export_backend, cache_dir):
+    rt, module, w = wrapped("export", cache_dir, max_shapes_per_component=2)
+    for batch in (1, 2, 3, 4):
+        x = torch.randn(batch, 8)
+        torch.testing.assert_close(w(x), module(x))
+    assert rt.stats.totals()["compiles"] == 2
+
+
+def test_unknown_backend_is_a_configuration_error(cache_dir):
+    with pytest.raises(ConfigurationError, match="unknown backend 'tensorrtt'"):
+        TensorRTRuntime(backend="tensorrtt")
+
+
+def test_wrapper_is_drop_in(export_backend, cache_dir):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",)).eval()
+    rt = TensorRTRuntime(backend="export", cache_dir=cache_dir)
+    w = TensorRTModule(vae, runtime=rt, name="vae")
+    assert w.config.scaling_factor == vae.config.scaling_factor and w.dtype == torch.float32
+    assert w.device.type == "cpu" and set(w.state_dict()) == set(vae.state_dict())
+    x = torch.randn(1, 3, 16, 16)
+    out, ref = w(x), vae(x)
+    assert type(out) is type(ref)
+    torch.testing.assert_close(out.sample, ref.sample)
+    w.load_state_dict(vae.state_dict())
+    assert w.to(torch.float64) is w and vae.dtype == torch.float64
+
+
+def test_concurrent_processes_build_a_key_once(tmp_path):
+    """Two processes start on the same key at once: one builds, the other waits and loads."""
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {ROOT!r})
+        from tests.support.backends import CountingExport, tiny_mlp
+        from trt_runtime import TensorRTModule, TensorRTRuntime
+        from trt_runtime.backends import register_backend
+        register_backend("counting", CountingExport)
+        rt = TensorRTRuntime(backend="counting")
+        w = TensorRTModule(tiny_mlp(), runtime=rt, name="mlp")
+        torch.manual_seed(1)
+        x = torch.randn(2, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(w(x), w.module(x))
+        t = rt.stats.totals()
+        print("RESULT", t["compiles"], t["loads"])
+    """)
+    log = tmp_path / "builds.log"
+    env = {**os.environ, "TRT_CACHE_DIR": str(tmp_path / "engines"), "TRT_TEST_BUILD_LOG": str(log),
+           "TRT_TEST_BUILD_SLEEP": "3"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert len(log.read_text().split()) == 1, "the key was built more than once"
+    results = sorted(line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RESULT"))
+    assert results == [["0", "1"], ["1", "0"]]
