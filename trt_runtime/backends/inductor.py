@@ -4,6 +4,11 @@ Compiling is lazy: ``compile()`` returns the ``torch.compile`` wrapper and the r
 triggers (and times) the real work. ``save()`` stores ``torch.compiler.save_cache_artifacts()`` (the
 inductor FX-graph, AOTAutograd and autotuning cache entries of this compile); ``load()`` feeds them to
 ``torch.compiler.load_cache_artifacts()`` so the next process's first call skips code generation.
+
+The saved set is everything torch recorded in this process so far, not only this key's entries: when
+dynamo reuses a graph it already compiled here (the same architecture wrapped twice, two identical
+ControlNets, a rebuild), inductor records nothing new, and a per-key set would be empty. A superset
+is larger but always complete.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ class InductorBackend(Backend):
         return versions
 
     def compile(self, request: CompileRequest):
-        _forget_recorded_artifacts()
         return self._wrap(request)
 
     def save(self, compiled, request: CompileRequest, directory: Path) -> None:
@@ -79,20 +83,6 @@ class InductorBackend(Backend):
         elif mode:
             kwargs["mode"] = mode
         return torch.compile(request.module, backend="inductor", **kwargs)
-
-
-def _forget_recorded_artifacts() -> None:
-    """Start this key's recording afresh, so its saved artifact holds only its own entries.
-
-    Uses torch's private CacheArtifactManager; without it the artifact also carries entries of
-    earlier compiles in this process, which is larger but still correct.
-    """
-    try:
-        from torch.compiler._cache import CacheArtifactManager
-
-        CacheArtifactManager.clear()
-    except (ImportError, AttributeError):  # pragma: no cover - depends on torch internals
-        logger.debug("torch.compiler._cache.CacheArtifactManager.clear unavailable; artifacts accumulate")
 
 
 def _raise_recompile_limit(limit: int) -> None:

@@ -1,0 +1,119 @@
+"""The inductor backend for real: CPU compiles, persisted artifacts, a second process that reuses them.
+
+These run actual torch.compile builds (tens of seconds on two cores), so they carry the ``slow`` marker
+and cover the representative cases only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from trt_runtime import Dim, EngineBuildError, TensorRTModule, TensorRTRuntime
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# One script for cold and warm runs: build a conv net, call it, report timings and runtime stats.
+SCRIPT = textwrap.dedent(f"""
+    import json, sys, time, torch
+    sys.path.insert(0, {ROOT!r})
+    from trt_runtime import TensorRTModule, TensorRTRuntime
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.SiLU(),
+                              torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.GroupNorm(4, 16),
+                              torch.nn.Conv2d(16, 4, 3, padding=1)).eval()
+    rt = TensorRTRuntime(backend="inductor")
+    w = TensorRTModule(net, runtime=rt, name="convnet")
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        start = time.perf_counter()
+        out = w(x)
+        first = time.perf_counter() - start
+        err = (out - net(x)).abs().max().item()
+    print("RESULT " + json.dumps({{"first_call_s": first, "max_err": err, **rt.stats.totals()}}))
+""")
+
+
+def run_process(cache_dir, inductor_dir) -> dict:
+    env = {**os.environ, "TRT_CACHE_DIR": str(cache_dir), "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def test_new_process_reuses_the_artifact_and_starts_faster(tmp_path):
+    # Fresh inductor cache dirs for both processes, so only our artifact can make the second one warm.
+    cold = run_process(tmp_path / "engines", tmp_path / "inductor-cold")
+    warm = run_process(tmp_path / "engines", tmp_path / "inductor-warm")
+    assert cold["compiles"] == 1 and cold["loads"] == 0
+    assert warm["compiles"] == 0 and warm["loads"] == 1
+    assert cold["max_err"] < 1e-4 and warm["max_err"] < 1e-4
+    assert warm["first_call_s"] < cold["first_call_s"], (cold, warm)
+    print(f"cold first call {cold['first_call_s']:.2f} s, warm {warm['first_call_s']:.2f} s")
+
+
+def test_same_signature_reuses_new_shape_compiles_once_and_truncation_rebuilds(cache_dir):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).eval()
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    w = TensorRTModule(net, runtime=rt, name="mlp")
+    with torch.no_grad():
+        for x in (torch.randn(2, 8), torch.randn(2, 8), torch.randn(3, 8), torch.randn(3, 8)):
+            torch.testing.assert_close(w(x), net(x))
+    assert rt.stats.totals()["compiles"] == 2 and rt.stats.totals()["calls"] == 4
+
+    for entry in rt.cache.entries():
+        artifact = entry.path / "inductor_cache.bin"
+        artifact.write_bytes(artifact.read_bytes()[:100])  # a crash mid-copy, a full disk...
+    rt2 = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    w2 = TensorRTModule(net, runtime=rt2, name="mlp")
+    with torch.no_grad():
+        x = torch.randn(2, 8)
+        torch.testing.assert_close(w2(x), net(x))
+    assert rt2.stats.totals()["compiles"] == 1 and rt2.stats.totals()["loads"] == 0
+    assert rt2.cache.read(rt2.stats.rows()[0].key) is not None  # rebuilt and rewritten
+
+
+class DataDependent(torch.nn.Module):
+    """Python control flow on a tensor value: fullgraph compilation must fail, eager is fine."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+
+def test_real_compile_failure_falls_back_and_strict_raises(cache_dir):
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    w = TensorRTModule(DataDependent(), runtime=rt, name="branchy")
+    x = torch.ones(4)
+    assert torch.equal(w(x), x * 2) and torch.equal(w(-x), -x - 1)
+    assert rt.stats.totals()["failed"] == 1 and rt.stats.totals()["compiles"] == 0
+    assert "failed" in json.dumps(rt.cache.entries()[0].meta["status"])
+
+    strict = TensorRTModule(DataDependent(), runtime=TensorRTRuntime(backend="inductor", strict=True,
+                                                                     cache_dir=cache_dir / "strict"))
+    with pytest.raises(EngineBuildError, match="build failed"):
+        strict(x)
+
+
+def test_declared_range_serves_two_batch_sizes_with_one_artifact(cache_dir):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8)).eval()
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    w = TensorRTModule(net, runtime=rt, name="ranged", shapes={"input": {0: Dim("batch", 2, 16)}})
+    with torch.no_grad():
+        for batch in (2, 5, 9):
+            x = torch.randn(batch, 8)
+            torch.testing.assert_close(w(x), net(x))
+    totals = rt.stats.totals()
+    assert totals["compiles"] == 1 and totals["keys"] == 1 and totals["calls"] == 3
