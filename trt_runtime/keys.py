@@ -49,12 +49,39 @@ def signature(args: tuple, kwargs: Mapping[str, Any], names: tuple[str, ...] = (
     name. A tensor dimension declared in ``spec`` and inside its range is replaced by its ``Dim``;
     outside the range the exact size is kept (that call gets its own artifact).
     Raises ``UnkeyableInputError`` for values whose identity cannot be put in a key.
+
+    This runs on every call of a wrapped module, so without a spec it takes a path that builds no
+    argument-path strings.
     """
+    if not spec:
+        return (tuple(_plain(a, i) for i, a in enumerate(args)),
+                tuple((k, _plain(kwargs[k], k)) for k in sorted(kwargs)))
     pos = tuple(
         _describe(a, names[i] if i < len(names) else f"args{i}", spec) for i, a in enumerate(args)
     )
     kw = tuple((k, _describe(kwargs[k], k, spec)) for k in sorted(kwargs))
     return (pos, kw)
+
+
+_Tensor = torch.Tensor
+_SCALARS = (int, float)
+
+
+def _plain(value: Any, where: Any) -> Any:
+    """``_describe`` without a shape spec (the hot path)."""
+    if isinstance(value, _Tensor):
+        return ("T", value.shape, value.dtype, value.device.type)
+    if value is None or value is True or value is False or isinstance(value, str):
+        return value
+    if isinstance(value, _SCALARS):
+        return (type(value).__name__, value)
+    if isinstance(value, list):
+        return ("L", tuple(_plain(v, where) for v in value))
+    if isinstance(value, tuple):
+        return ("U", tuple(_plain(v, where) for v in value))
+    if isinstance(value, dict):
+        return ("D", tuple((str(k), _plain(value[k], where)) for k in sorted(value, key=str)))
+    return _describe(value, str(where), None)
 
 
 def _describe(value: Any, path: str, spec) -> Any:
@@ -65,7 +92,7 @@ def _describe(value: Any, path: str, spec) -> Any:
             shape = tuple(
                 dims[i] if i in dims and dims[i].contains(size) else size for i, size in enumerate(shape)
             )
-        return ("T", shape, str(value.dtype)[6:], value.device.type)
+        return ("T", shape, value.dtype, value.device.type)
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, float)):

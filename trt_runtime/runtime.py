@@ -33,7 +33,7 @@ from .errors import (
 )
 from .settings import RuntimeSettings, default_tolerance, resolve_cache_dir
 from .shapes import DimLike, normalize_spec
-from .stats import RuntimeStats
+from .stats import KeyStats, RuntimeStats
 from .validation import relative_error
 
 __all__ = ["TensorRTRuntime", "Component", "get_default_runtime"]
@@ -51,6 +51,8 @@ class _Slot:
     key: str = ""
     fn: Callable[..., Any] | None = None
     error: str | None = None
+    stats: KeyStats | None = None
+    """This key's statistics row: the hot path bumps ``calls`` on it directly, without the lock."""
 
 
 class Component:
@@ -219,7 +221,7 @@ class TensorRTRuntime:
                 out = slot.fn(*args, **kwargs)
             except Exception as err:
                 return self._run_failed(comp, slot, err, args, kwargs)
-            self.stats.record(comp.name, slot.key, calls=1)
+            slot.stats.calls += 1
             return out
         if slot.key:
             self.stats.record(comp.name, slot.key, calls=1, fallbacks=1 if slot.state == FAILED else 0)
@@ -303,8 +305,8 @@ class TensorRTRuntime:
         self.cache.touch(entry)
         if not quiet:
             logger.info("[%s] loaded %s artifact from %s in %.2f s", comp.name, backend.name, entry.path, seconds)
-        self.stats.record(comp.name, key, state=READY, loads=1, load_seconds=seconds, calls=1)
-        return _Slot(READY, key, fn), out
+        row = self.stats.record(comp.name, key, state=READY, loads=1, load_seconds=seconds, calls=1)
+        return _Slot(READY, key, fn, stats=row), out
 
     def _build(self, comp, backend, request, key, meta, shapes):
         settings = comp.settings
@@ -320,7 +322,7 @@ class TensorRTRuntime:
             return self._build_failed(comp, key, meta, shapes, error, err, EngineBuildError), _NOTHING
         seconds = time.perf_counter() - started
         logger.info("[%s] compiled in %.1f s", comp.name, seconds)
-        self.stats.record(comp.name, key, state=READY, compiles=1, compile_seconds=seconds, calls=1)
+        row = self.stats.record(comp.name, key, state=READY, compiles=1, compile_seconds=seconds, calls=1)
 
         if settings.validate:
             reference = comp.eager(*request.args, **request.kwargs)
@@ -339,7 +341,7 @@ class TensorRTRuntime:
                 logger.info("[%s] saved artifact to %s", comp.name, entry.path)
             except CacheError as err:
                 self._cache_unwritable(comp, err)
-        return _Slot(READY, key, fn), out
+        return _Slot(READY, key, fn, stats=row), out
 
     def _build_failed(self, comp, key, meta, shapes, error, cause, exc_type) -> _Slot:
         """Remember a failed key (memory and disk) and warn once; strict mode raises instead."""

@@ -49,6 +49,7 @@ class RuntimeStats:
             return stats
 
     def rows(self) -> list[KeyStats]:
+        """Copies of the rows (``calls`` on a live row is bumped without the lock, by the hot path)."""
         with self._lock:
             return [dataclasses.replace(s) for s in self._by_key.values()]
 
