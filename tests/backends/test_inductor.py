@@ -117,3 +117,21 @@ def test_declared_range_serves_two_batch_sizes_with_one_artifact(cache_dir):
             torch.testing.assert_close(w(x), net(x))
     totals = rt.stats.totals()
     assert totals["compiles"] == 1 and totals["keys"] == 1 and totals["calls"] == 3
+
+
+def test_precision_and_channels_last_take_effect(cache_dir):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 4, 8, 8)
+    reference = net(x)
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir, precision="bf16", channels_last=True)
+    w = TensorRTModule(net, runtime=rt, name="conv")
+    with torch.no_grad():
+        out = w(x)
+    assert out.dtype == torch.bfloat16  # autocast: the fp32 module ran in bf16
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
+    plain = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    with torch.no_grad():
+        TensorRTModule(net, runtime=plain, name="conv")(x)
+    assert plain.stats.rows()[0].key != rt.stats.rows()[0].key  # the options are part of the key

@@ -82,7 +82,40 @@ class InductorBackend(Backend):
             kwargs["options"] = dict(settings.inductor_options)
         elif mode:
             kwargs["mode"] = mode
-        return torch.compile(request.module, backend="inductor", **kwargs)
+        if settings.channels_last:
+            request.module.to(memory_format=torch.channels_last)  # in place: eager runs benefit too
+        compiled = torch.compile(request.module, backend="inductor", **kwargs)
+        autocast = _autocast_dtype(request)
+        if autocast is None and not settings.channels_last:
+            return compiled
+        device_type = request.device.type if request.device is not None else "cpu"
+        channels_last = settings.channels_last
+
+        def run(*args, **kwargs):
+            if channels_last:
+                args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, _channels_last, (args, kwargs))
+            if autocast is None:
+                return compiled(*args, **kwargs)
+            with torch.autocast(device_type, dtype=autocast):
+                return compiled(*args, **kwargs)
+
+        return run
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
+_LOWER = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _autocast_dtype(request: CompileRequest):
+    """A requested fp16/bf16 precision for a module whose weights are wider runs under autocast."""
+    target = _LOWER.get(request.settings.precision or "")
+    if target is None:
+        return None
+    weights = next((p.dtype for p in request.module.parameters()), None)
+    return target if weights == torch.float32 else None
 
 
 def _raise_recompile_limit(limit: int) -> None:
