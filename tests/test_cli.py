@@ -1,0 +1,63 @@
+"""``trt-runtime`` commands against a real cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trt_runtime import TensorRTModule, TensorRTRuntime
+from trt_runtime.cli import main
+
+from .support.backends import FailingBuild, tiny_mlp
+
+
+@pytest.fixture
+def populated(export_backend, cache_dir):
+    from trt_runtime.backends import _FACTORIES, register_backend
+
+    register_backend("failing", FailingBuild)
+    with torch.no_grad():
+        TensorRTModule(tiny_mlp(), runtime=TensorRTRuntime(backend="export"), name="mlp")(torch.randn(2, 8))
+        TensorRTModule(tiny_mlp(), runtime=TensorRTRuntime(backend="failing"), name="broken")(torch.randn(3, 8))
+    yield cache_dir
+    _FACTORIES.pop("failing", None)
+
+
+def test_cache_ls_shows_entries_and_errors(populated, capsys):
+    assert main(["cache", "ls"]) == 0
+    out = capsys.readouterr().out
+    assert str(populated) in out and "2 entries" in out
+    assert "mlp" in out and "ready" in out and "2x8" in out
+    assert "broken" in out and "failed" in out and "frobnicate" in out
+
+
+def test_cache_ls_json_and_info(populated, capsys):
+    main(["cache", "ls", "--json"])
+    entries = json.loads(capsys.readouterr().out)
+    assert {e["component"] for e in entries} == {"mlp", "broken"}
+    key = next(e["key"] for e in entries if e["component"] == "mlp")
+    assert main(["cache", "info", key[:8]]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["key"] == key and meta["module"]["class"].endswith("Sequential")
+    assert main(["cache", "info", "ffffffff"]) == 1
+
+
+def test_cache_clear_failed_then_all(populated, capsys):
+    assert main(["cache", "clear", "--failed"]) == 0
+    assert "removed 1 failed" in capsys.readouterr().out
+    main(["cache", "ls", "--json"])
+    assert [e["component"] for e in json.loads(capsys.readouterr().out)] == ["mlp"]
+    main(["cache", "clear"])
+    assert "removed 1 entries" in capsys.readouterr().out
+    main(["--cache-dir", str(populated), "cache", "ls", "--json"])
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_cache_path_and_env(cache_dir, capsys):
+    main(["cache", "path"])
+    assert capsys.readouterr().out.strip() == str(cache_dir)
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert "backend inductor: available" in out and "backend tensorrt:" in out
