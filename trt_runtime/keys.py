@@ -124,11 +124,12 @@ def tensor_shapes(args: tuple, kwargs: Mapping[str, Any]) -> list[tuple[int, ...
 
 
 # --------------------------------------------------------------------------------------------- module
-def module_fingerprint(module: torch.nn.Module, digest: str = "sample") -> dict[str, Any]:
+def module_fingerprint(module: torch.nn.Module, digest: str | None = "sample") -> dict[str, Any]:
     """What makes this module's compiled artifact valid: class, config, tensor layout, weight values.
 
     ``digest="sample"`` hashes an evenly spaced sample of each tensor (a few thousand elements), which
-    tells checkpoints and fine-tunes apart while costing milliseconds; ``"full"`` hashes every byte.
+    tells checkpoints and fine-tunes apart while costing milliseconds; ``"full"`` hashes every byte;
+    None leaves the values out (for artifacts that read weights at run time).
     """
     cls = type(module)
     layout = hashlib.sha256()
@@ -136,14 +137,15 @@ def module_fingerprint(module: torch.nn.Module, digest: str = "sample") -> dict[
     count = 0
     for name, tensor in _named_state(module):
         layout.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        _hash_tensor(weights, tensor, full=(digest == "full"))
+        if digest is not None:
+            _hash_tensor(weights, tensor, full=(digest == "full"))
         count += 1
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "config": _module_config(module),
         "layout": layout.hexdigest()[:24],
         "tensors": count,
-        "weights": f"{digest}:{weights.hexdigest()[:24]}",
+        "weights": f"{digest}:{weights.hexdigest()[:24]}" if digest is not None else "not embedded",
     }
 
 

@@ -114,14 +114,16 @@ class Component:
             self.slots.clear()
             self._fingerprints.clear()
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The module's fingerprint for its current dtype (computed once per dtype, then remembered)."""
-        dtype = None if self._probe is None else self._probe.dtype
-        if dtype not in self._fingerprints:
+    def fingerprint(self, with_weights: bool = True) -> dict[str, Any]:
+        """The module's fingerprint for its current dtype (computed once per dtype, then remembered).
+        ``with_weights=False`` leaves the weight values out (and skips hashing them)."""
+        tag = (None if self._probe is None else self._probe.dtype, with_weights)
+        if tag not in self._fingerprints:
             started = time.perf_counter()
-            self._fingerprints[dtype] = keys.module_fingerprint(self.module, self.settings.weights_digest)
-            logger.debug("[%s] fingerprinted weights in %.3f s", self.name, time.perf_counter() - started)
-        return self._fingerprints[dtype]
+            digest = self.settings.weights_digest if with_weights else None
+            self._fingerprints[tag] = keys.module_fingerprint(self.module, digest)
+            logger.debug("[%s] fingerprinted module in %.3f s", self.name, time.perf_counter() - started)
+        return self._fingerprints[tag]
 
     @property
     def device(self) -> torch.device | None:
@@ -253,7 +255,7 @@ class TensorRTRuntime:
         shapes = keys.tensor_shapes(args, kwargs)
         parts = {
             "component": comp.name,
-            "module": comp.fingerprint(),
+            "module": comp.fingerprint(with_weights=backend.embeds_weights(settings)),
             "signature": keys.signature_json(sig[1]),
             "backend": backend.name,
             "options": settings.describe(backend.artifact_fields),

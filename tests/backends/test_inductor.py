@@ -135,3 +135,26 @@ def test_precision_and_channels_last_take_effect(cache_dir):
     with torch.no_grad():
         TensorRTModule(net, runtime=plain, name="conv")(x)
     assert plain.stats.rows()[0].key != rt.stats.rows()[0].key  # the options are part of the key
+
+
+def test_weights_are_read_at_run_time_so_values_stay_out_of_the_key(cache_dir):
+    """Inductor artifacts take parameters as inputs: another checkpoint of the same architecture reuses
+    the artifact and computes with its own weights; in-place changes reach it without a rebuild."""
+    def net(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8)).eval()
+
+    first, second = net(0), net(1)
+    x = torch.randn(2, 8)
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    with torch.no_grad():
+        TensorRTModule(first, runtime=rt, name="net")(x)
+        rt2 = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+        w2 = TensorRTModule(second, runtime=rt2, name="net")
+        torch.testing.assert_close(w2(x), second(x))
+        assert rt2.stats.totals()["loads"] == 1 and rt2.stats.totals()["compiles"] == 0
+        second[2].weight.data += 1.0  # what a LoRA merge does
+        torch.testing.assert_close(w2(x), second(x))
+    # with freezing, inductor folds weights into the code: then the values are part of the key
+    frozen = TensorRTRuntime(backend="inductor", cache_dir=cache_dir, inductor_options={"freezing": True})
+    assert frozen.backend_for(None).embeds_weights(frozen.settings)

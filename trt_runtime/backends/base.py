@@ -53,6 +53,12 @@ class Backend(abc.ABC):
     persistent: ClassVar[bool] = True
     """Whether artifacts can be saved and loaded (eager has nothing to save)."""
 
+    def embeds_weights(self, settings: RuntimeSettings) -> bool:
+        """Whether artifacts contain the weight values (TensorRT engines do). Only then do the values
+        enter the cache key; an artifact that reads weights at run time serves any checkpoint of the
+        same architecture, and in-place weight changes reach it without a rebuild."""
+        return True
+
     def check_available(self, device: torch.device | None) -> None:
         """Raise ``BackendUnavailableError`` saying why this backend cannot run on ``device``."""
 

@@ -34,6 +34,10 @@ class InductorBackend(Backend):
         {"inductor_mode", "fullgraph", "inductor_options", "channels_last", "cuda_graphs", "precision"}
     )
 
+    def embeds_weights(self, settings) -> bool:
+        # Parameters are graph inputs of the compiled code unless inductor's "freezing" folds them in.
+        return bool((settings.inductor_options or {}).get("freezing", False))
+
     def check_available(self, device):
         if not hasattr(torch, "compile") or not hasattr(torch.compiler, "save_cache_artifacts"):
             raise BackendUnavailableError(
