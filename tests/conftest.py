@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # One inductor cache for the whole session, never the user's: tests must not see kernels compiled by
 # an earlier run, yet may share kernels between each other. Set before torch is imported by any test.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="trt_runtime_inductor_"))
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    _INDUCTOR_DIR = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="trt_runtime_inductor_")
+else:
+    _INDUCTOR_DIR = None
+
+
+def pytest_unconfigure(config):
+    if _INDUCTOR_DIR:
+        shutil.rmtree(_INDUCTOR_DIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
