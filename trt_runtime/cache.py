@@ -154,7 +154,14 @@ class EngineCache:
         try:
             lock_path.parent.mkdir(parents=True, exist_ok=True)
             lock = filelock.FileLock(str(lock_path), timeout=timeout)
-            lock.acquire()
+            try:
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                if timeout <= 0:
+                    raise
+                logger.info("another process is building cache entry %s; waiting up to %.0f s for it",
+                            key[:12], timeout)
+                lock.acquire()
         except filelock.Timeout as err:
             raise CacheError(
                 f"another process has been building this engine for over {timeout:.0f} s",
