@@ -27,6 +27,41 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_build(args) -> int:
+    """Prebuild engines: load a pipeline from a local folder, wrap it, run one short generation per size."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from .pipeline import wrap_pipeline
+    from .runtime import TensorRTRuntime
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    pipe = DiffusionPipeline.from_pretrained(args.path, torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    runtime = TensorRTRuntime(backend=args.backend, cache_dir=args.cache_dir)
+    wrap_pipeline(pipe, runtime=runtime, unet=True, vae=True, transformer=True, controlnet=True,
+                  text_encoders=args.text_encoders)
+    for size in args.sizes:
+        height, width = _parse_size(size)
+        for batch in args.batch:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                pipe(prompt=[args.prompt] * batch, height=height, width=width, num_inference_steps=args.steps,
+                     output_type="latent" if args.skip_vae else "pil")
+            print(f"{height}x{width} batch {batch}: {time.perf_counter() - start:.1f} s")
+    print(runtime.summary())
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, _, width = text.lower().partition("x")
+        return int(height), int(width or height)
+    except ValueError:
+        raise SystemExit(f"trt-runtime build: size {text!r} is not HEIGHTxWIDTH (e.g. 1024x768)") from None
+
+
 def cmd_cache_ls(args) -> int:
     cache = _cache(args)
     entries = cache.entries()
@@ -118,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--text-encoders", action="store_true", help="also compile the text encoder")
     demo.set_defaults(func=cmd_demo)
 
+    build = sub.add_parser("build", help="prebuild engines for a local pipeline folder at given sizes")
+    build.add_argument("path", help="a folder saved with save_pretrained (no downloads)")
+    build.add_argument("--size", dest="sizes", action="append", default=None,
+                       help="HEIGHTxWIDTH in pixels; repeat for several (default: the pipeline's default)")
+    build.add_argument("--batch", type=int, action="append", default=None, help="prompts per call; repeatable")
+    build.add_argument("--steps", type=int, default=2)
+    build.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
+    build.add_argument("--backend", default="auto")
+    build.add_argument("--device", default=None)
+    build.add_argument("--prompt", default="a photo")
+    build.add_argument("--text-encoders", action="store_true")
+    build.add_argument("--skip-vae", action="store_true", help="stop at latents (VAE not built)")
+    build.set_defaults(func=cmd_build)
+
     cache = sub.add_parser("cache", help="inspect or clear the engine cache")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)
     ls = cache_sub.add_parser("ls", help="list entries")
@@ -137,9 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "build":
+        args.sizes = args.sizes or ["512x512"]
+        args.batch = args.batch or [1]
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "demo" and args.verbose == 0:
+    if args.command in ("demo", "build") and args.verbose == 0:
         logging.getLogger("trt_runtime").setLevel(logging.INFO)  # compile progress is the point of the demo
     return args.func(args)
 
