@@ -1,0 +1,24 @@
+"""STAND-IN for the ``tensorrt`` package (tests only; NOT TensorRT): version and plugin registry calls."""
+
+from __future__ import annotations
+
+import os
+import re
+
+_match = re.match(r"(\d+)\.(\d+)", os.environ.get("TRT_RUNTIME_STANDIN_VERSION", "2.14.0"))
+_SERIES = (int(_match.group(1)), int(_match.group(2))) if _match else (2, 14)
+__version__ = {(2, 11): "10.15.1", (2, 12): "10.16.1", (2, 13): "11.0.0"}.get(_SERIES, "11.1.0")
+
+PLUGIN_INITS: list[str] = []
+
+
+class Logger:
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+    def __init__(self, min_severity: int = WARNING) -> None:
+        self.min_severity = min_severity
+
+
+def init_libnvinfer_plugins(logger, namespace: str) -> bool:
+    PLUGIN_INITS.append(namespace)
+    return True

@@ -1,0 +1,209 @@
+"""Contract tests: the keywords our tensorrt backend passes, checked against the published wheels.
+
+For every supported release the real torch-tensorrt wheel is downloaded from PyPI (once; cached under
+``~/.cache/trt_runtime_test_wheels`` or ``$TRT_RUNTIME_TEST_WHEELS``) and its sources are parsed with
+``ast``: nothing is imported (TensorRT cannot be installed here). The keywords come from the very
+functions the backend calls (``_tensorrt_api.compile_kwargs`` and friends), so the test cannot drift
+from the code. Skipped, with the reason, when PyPI cannot be reached.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from trt_runtime.backends import _tensorrt_api as api_table
+from trt_runtime.errors import ConfigurationError
+from trt_runtime.settings import RuntimeSettings
+from trt_runtime.shapes import Dim
+
+STANDIN_DIR = Path(__file__).resolve().with_name("standin")
+
+SETTINGS = (
+    RuntimeSettings(),
+    RuntimeSettings(optimization_level=5, workspace_size=1 << 30, min_block_size=3, truncate_double=False,
+                    refittable=True, offload_module_to_cpu=True),
+)
+PRECISIONS = (
+    ("fp32", torch.float32), ("fp16", torch.float32), ("bf16", torch.float32),
+    ("fp16", torch.float16), ("bf16", torch.bfloat16), ("fp32", None),
+)
+
+
+def _every_compile_kwargs(api):
+    for settings, (precision, dtype) in itertools.product(SETTINGS, PRECISIONS):
+        yield api_table.compile_kwargs(api, settings, precision, dtype, torch.device("cuda", 0))
+
+
+def _function(source: str, name: str) -> ast.FunctionDef:
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    raise AssertionError(f"no top-level function {name}()")
+
+
+def _method(source: str, cls: str, name: str) -> ast.FunctionDef:
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == name:
+                    return item
+    raise AssertionError(f"no {cls}.{name}()")
+
+
+def _keyword_names(fn: ast.FunctionDef) -> set[str]:
+    """Parameters that can be passed by keyword (``**kwargs`` excluded on purpose)."""
+    return {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+
+
+def _defaults(source: str) -> dict[str, str]:
+    out = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            out[node.targets[0].id] = ast.unparse(node.value)
+    return out
+
+
+def _kwargs_keys_read(fn: ast.FunctionDef) -> set[str]:
+    """String keys a ``**kwargs`` function reads: ``kwargs["k"]``, ``kwargs.get("k")``, ``"k" in kwargs``."""
+    keys = set()
+    for node in ast.walk(fn):
+        if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "kwargs"
+                and isinstance(node.slice, ast.Constant)):
+            keys.add(node.slice.value)
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant) and isinstance(node.left.value, str):
+            if any(isinstance(c, ast.Name) and c.id == "kwargs" for c in node.comparators):
+                keys.add(node.left.value)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "kwargs"
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            keys.add(node.args[0].value)
+        if isinstance(node, ast.comprehension) and isinstance(node.iter, ast.List):
+            # any(k in kwargs for k in ["min_shape", ...])
+            keys.update(e.value for e in node.iter.elts if isinstance(e, ast.Constant))
+    return keys
+
+
+def _standin_signatures():
+    spec = importlib.util.spec_from_file_location(
+        "standin_signatures", STANDIN_DIR / "torch_tensorrt" / "_signatures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_covers_exactly_the_tested_releases(wheel_versions):
+    assert {api_table.parse_version(v) for v in wheel_versions} == set(api_table._TABLE)
+
+
+def test_version_table_matches_the_wheel(wheel):
+    versions = _defaults(wheel.read("_version.py"))
+    assert versions["__version__"].strip("'\"") == wheel.version
+    api = api_table.api_for(wheel.version)
+    tensorrt = versions["__tensorrt_version__"].strip("'\"")
+    assert tensorrt.startswith(api.tensorrt + "."), (tensorrt, api.tensorrt)
+
+
+def test_every_compile_keyword_we_pass_exists(wheel):
+    signature = _keyword_names(_function(wheel.read("dynamo/_compiler.py"), "compile"))
+    api = api_table.api_for(wheel.version)
+    for kwargs in _every_compile_kwargs(api):
+        passed = set(kwargs) | {"arg_inputs"}
+        assert passed <= signature, f"torch_tensorrt {wheel.version} lacks {passed - signature}"
+
+
+def test_removed_keywords_are_not_passed(wheel):
+    compile_fn = _function(wheel.read("dynamo/_compiler.py"), "compile")
+    signature = _keyword_names(compile_fn)
+    api = api_table.api_for(wheel.version)
+    assert not set(api.removed) & signature, "the table lists a keyword this release still has"
+    for kwargs in _every_compile_kwargs(api):
+        assert not set(kwargs) & set(api.removed)
+    if api.removed:
+        # Why this matters: 2.13+ compile() takes **kwargs and ignores unknown names silently, so a
+        # removed keyword would not fail; it would build an fp32 engine.
+        assert compile_fn.args.kwarg is not None
+
+
+def test_precision_mode_matches_the_release(wheel):
+    source = wheel.read("dynamo/_compiler.py")
+    signature = _keyword_names(_function(source, "compile"))
+    defaults = _defaults(wheel.read("dynamo/_defaults.py"))
+    api = api_table.api_for(wheel.version)
+    if api.lower_precision == api_table.WEAK_TYPING:
+        assert {"enabled_precisions", "use_explicit_typing"} <= signature
+        # Explicit typing is on by default and then rejects any enabled_precisions but {f32}:
+        assert defaults["USE_EXPLICIT_TYPING"] == "True"
+        assert "use_explicit_typing was set to True, however found that enabled_precisions" in source
+        for kwargs in _every_compile_kwargs(api):
+            if "enabled_precisions" in kwargs:
+                assert kwargs["use_explicit_typing"] is False
+    else:
+        assert api.lower_precision == api_table.AUTOCAST
+        assert not {"enabled_precisions", "use_explicit_typing"} & signature
+        assert "USE_EXPLICIT_TYPING" not in defaults and "ENABLED_PRECISIONS" not in defaults
+    assert {"enable_autocast", "autocast_low_precision_type"} <= signature
+    assert "enabled_precisions" not in wheel.read("dynamo/_settings.py") or api.series < (2, 13)
+
+
+def test_input_keywords_exist(wheel):
+    read = _kwargs_keys_read(_method(wheel.read("_Input.py"), "Input", "__init__"))
+    for dims in ({}, {0: Dim("batch", 1, 8)}):
+        for dtype in (torch.float16, torch.int64):
+            assert set(api_table.input_kwargs((2, 4), dtype, dims)) <= read
+
+
+def test_save_keywords_exist(wheel):
+    source = wheel.read("_compile.py")
+    save = _function(source, "save")
+    assert set(api_table.SAVE_KWARGS) <= _keyword_names(save)
+    formats = [node.value for node in ast.walk(save) if isinstance(node, ast.Assign)
+               and any(isinstance(t, ast.Name) and t.id == "accepted_formats" for t in node.targets)]
+    assert formats and api_table.SAVE_KWARGS["output_format"] in ast.literal_eval(formats[0])
+    defaults = dict(zip((a.arg for a in save.args.kwonlyargs), save.args.kw_defaults, strict=True))
+    assert ast.unparse(defaults["retrace"]) == "True", "we pass retrace=False explicitly"
+    assert "if not retrace:" in ast.unparse(save)
+
+
+def test_cuda_graph_switch_exists(wheel):
+    assert "enable_cudagraphs" in wheel.read("runtime/__init__.py")
+    fn = _function(wheel.read("runtime/_cudagraphs.py"), "enable_cudagraphs")
+    assert [a.arg for a in fn.args.args] == ["compiled_module"]
+    assert all(d is not None for d in fn.args.kw_defaults), "a new required keyword appeared"
+
+
+def test_tensorrt_options_are_checked_against_the_release(wheel):
+    signature = frozenset(_keyword_names(_function(wheel.read("dynamo/_compiler.py"), "compile")))
+    api = api_table.api_for(wheel.version)
+    assert api_table.check_extra_options(api, {"use_fp32_acc": True}, signature) == {"use_fp32_acc": True}
+    if api.series >= (2, 13):
+        api_table.check_extra_options(api, {"fallback_data_dependent_ops": True}, signature)
+        with pytest.raises(ConfigurationError, match="'enabled_precisions' is not a keyword"):
+            api_table.check_extra_options(api, {"enabled_precisions": {torch.float16}}, signature)
+    else:
+        with pytest.raises(ConfigurationError, match="'fallback_data_dependent_ops' is not a keyword"):
+            api_table.check_extra_options(api, {"fallback_data_dependent_ops": True}, signature)
+        with pytest.raises(ConfigurationError, match="controlled by RuntimeSettings"):
+            api_table.check_extra_options(api, {"enabled_precisions": {torch.float16}}, signature)
+
+
+def test_standin_matches_the_release(wheel):
+    """The stand-in used by the end-to-end tests accepts exactly what the real release accepts."""
+    table = _standin_signatures()
+    series = api_table.parse_version(wheel.version)
+    compile_fn = _function(wheel.read("dynamo/_compiler.py"), "compile")
+    assert table.COMPILE_KEYWORDS[series] == {a.arg for a in compile_fn.args.kwonlyargs}
+    assert table.INPUT_KEYWORDS[series] == _kwargs_keys_read(_method(wheel.read("_Input.py"), "Input", "__init__"))
+    save = _function(wheel.read("_compile.py"), "save")
+    assert table.SAVE_KEYWORDS == {a.arg for a in save.args.kwonlyargs}
+    tensorrt = _defaults(wheel.read("_version.py"))["__tensorrt_version__"].strip("'\"")
+    assert table.TENSORRT_VERSION[series] == tensorrt
+
+
+def test_wheel_is_cached(wheel):
+    assert Path(wheel.path).stat().st_size > 1_000_000

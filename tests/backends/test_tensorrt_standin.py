@@ -1,0 +1,202 @@
+"""End to end through the tensorrt backend on CPU, with the torch_tensorrt STAND-IN (tests/backends/standin).
+
+The stand-in accepts exactly the keywords of the imitated release and returns the exported program's
+module instead of an engine, so these tests cover everything of ours: export, the compile call, save,
+a new process loading from the cache, running, fallback and shape ranges. They do not build or run a
+TensorRT engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import trt_runtime
+from trt_runtime.errors import ConfigurationError, EngineBuildError
+
+_SPEC = importlib.util.spec_from_file_location("standin_support", Path(__file__).with_name("standin_support.py"))
+support = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(support)
+
+VERSIONS = ("2.11.0", "2.12.1", "2.13.0", "2.14.0")
+EDGE_VERSIONS = ("2.11.0", "2.14.0")  # one weakly typed, one strongly typed (autocast) release
+
+
+def _eager(module, batch):
+    args, kwargs = support.toy_inputs(batch)
+    with torch.no_grad():
+        return module(*args, **kwargs)[0]
+
+
+def _run(wrapper, batch):
+    args, kwargs = support.toy_inputs(batch)
+    with torch.no_grad():
+        return wrapper(*args, **kwargs)[0]
+
+
+def _calls(trt, name):
+    return [kwargs for called, kwargs in trt.CALLS if called == name]
+
+
+def _child(cache_dir, case, version, child_env):
+    env = {**child_env, "TRT_RUNTIME_STANDIN_VERSION": version, "TRT_CACHE_DIR": str(cache_dir)}
+    script = Path(support.__file__)
+    result = subprocess.run([sys.executable, str(script), str(cache_dir), case], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_compile_save_and_load_in_a_new_process(version, standin, tmp_path, child_env):
+    trt = standin(version)
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    module = support.make_toy()
+    wrapped = trt_runtime.TensorRTModule(module, runtime=rt)
+
+    out = _run(wrapped, 2)
+    torch.testing.assert_close(out, _eager(module, 2))
+    totals = rt.stats.totals()
+    assert (totals["compiles"], totals["loads"], totals["failed"]) == (1, 0, 0)
+    assert len(_calls(trt, "compile")) == 1
+    (save,) = _calls(trt, "save")
+    assert save["output_format"] == "exported_program" and save["retrace"] is False
+    assert list(tmp_path.glob("*/trt_program.pt2")), "artifact not written"
+
+    child = _child(tmp_path, "static", version, child_env)
+    assert child["totals"]["compiles"] == 0 and child["totals"]["loads"] == 1, child
+    assert "compile" not in child["calls"]
+    assert child["plugin_inits"] == 1, "plugin registry must be initialised before loading"
+    torch.testing.assert_close(torch.tensor(child["output"]), out)
+
+
+@pytest.mark.parametrize("version", EDGE_VERSIONS)
+def test_one_artifact_serves_a_declared_batch_range(version, standin, tmp_path, child_env):
+    trt = standin(version)
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    module = support.make_toy()
+    wrapped = trt_runtime.TensorRTModule(module, runtime=rt, shapes=support.SHAPES)
+
+    for batch in (1, 2, 5):  # batch 1 first: torch.export would specialize it without our fix
+        torch.testing.assert_close(_run(wrapped, batch), _eager(module, batch))
+    totals = rt.stats.totals()
+    assert (totals["keys"], totals["compiles"], totals["calls"]) == (1, 1, 3)
+    (compiled,) = _calls(trt, "compile")
+    sample, cond, bias = compiled["arg_inputs"]
+    assert (sample.min_shape, sample.opt_shape, sample.max_shape) == ((1, 8), (4, 8), (8, 8))
+    assert (cond.min_shape, cond.max_shape) == ((1, 3, 8), (8, 3, 8))
+    assert bias.min_shape == bias.max_shape == (8,)
+
+    child = _child(tmp_path, "dynamic", version, child_env)  # batch 3, same artifact
+    assert (child["totals"]["compiles"], child["totals"]["loads"]) == (0, 1), child
+    torch.testing.assert_close(torch.tensor(child["output"]), _eager(module, 3))
+
+
+def test_batch_outside_the_range_gets_its_own_artifact(standin, tmp_path):
+    standin()
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    module = support.make_toy()
+    wrapped = trt_runtime.TensorRTModule(module, runtime=rt, shapes=support.SHAPES)
+    for batch in (2, 9):
+        torch.testing.assert_close(_run(wrapped, batch), _eager(module, batch))
+    assert rt.stats.totals()["compiles"] == 2
+
+
+@pytest.mark.parametrize("version", EDGE_VERSIONS)
+def test_build_failure_falls_back_to_eager_and_is_remembered(version, standin, tmp_path):
+    trt = standin(version)
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path)
+    torch.manual_seed(0)
+    module = support.Unconvertible().eval()
+    wrapped = trt_runtime.TensorRTModule(module, runtime=rt)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(wrapped(x), module(x))
+    totals = rt.stats.totals()
+    assert (totals["compiles"], totals["failed"], totals["fallbacks"]) == (0, 1, 2)
+    assert len(_calls(trt, "compile")) == 1, "a failed key must not rebuild"
+    (meta,) = tmp_path.glob("*/meta.json")
+    assert json.loads(meta.read_text())["status"] == "failed"
+    assert "no TensorRT converter" in json.loads(meta.read_text())["error"]
+
+
+def test_build_failure_raises_in_strict_mode(standin, tmp_path):
+    standin()
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    wrapped = trt_runtime.TensorRTModule(support.Unconvertible().eval(), runtime=rt)
+    with pytest.raises(EngineBuildError, match="could not build an engine"), torch.no_grad():
+        wrapped(torch.randn(2, 8))
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        ("2.11.0", {"enabled_precisions": {torch.float16}, "use_explicit_typing": False}),
+        ("2.12.1", {"enabled_precisions": {torch.float16}, "use_explicit_typing": False}),
+        ("2.13.0", {"enable_autocast": True, "autocast_low_precision_type": torch.float16}),
+        ("2.14.0", {"enable_autocast": True, "autocast_low_precision_type": torch.float16}),
+    ],
+)
+def test_fp16_of_an_fp32_module_uses_each_release_keywords(version, expected, standin, tmp_path):
+    trt = standin(version)
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True, precision="fp16")
+    _run(trt_runtime.TensorRTModule(support.make_toy(), runtime=rt), 2)
+    (compiled,) = _calls(trt, "compile")
+    assert {k: compiled[k] for k in expected} == expected
+    assert not {"enabled_precisions", "use_explicit_typing", "enable_autocast"} - expected.keys() & compiled.keys()
+
+
+def test_standin_enforces_each_release_precision_rule(standin):
+    """The stand-in must fail the way the real releases do, or the test above proves nothing."""
+    program = torch.export.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),))
+    trt = standin("2.11.0")
+    with pytest.raises(AssertionError, match="use_explicit_typing was set to True"):
+        trt.dynamo.compile(program, arg_inputs=[trt.Input(shape=(1, 2))], enabled_precisions={torch.float16})
+    trt = standin("2.14.0")
+    with pytest.raises(TypeError, match="enabled_precisions"):
+        trt.dynamo.compile(program, arg_inputs=[trt.Input(shape=(1, 2))], enabled_precisions={torch.float16})
+
+
+def test_settings_reach_compile(standin, tmp_path):
+    trt = standin("2.13.0")
+    rt = trt_runtime.TensorRTRuntime(
+        backend="tensorrt", cache_dir=tmp_path, strict=True, optimization_level=5, workspace_size=1 << 30,
+        min_block_size=2, truncate_double=False, refittable=True, offload_module_to_cpu=True,
+        tensorrt_options={"use_fp32_acc": True, "torch_executed_ops": ("aten.softmax",)},
+    )
+    module = support.make_toy()
+    torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=rt), 2), _eager(module, 2))
+    (compiled,) = _calls(trt, "compile")
+    compiled.pop("arg_inputs")
+    assert compiled == {
+        "optimization_level": 5, "workspace_size": 1 << 30, "min_block_size": 2, "truncate_double": False,
+        "immutable_weights": False, "offload_module_to_cpu": True, "use_fp32_acc": True,
+        "torch_executed_ops": ("aten.softmax",),
+    }
+
+
+def test_bad_tensorrt_option_is_named(standin, tmp_path):
+    standin("2.14.0")
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True,
+                                     tensorrt_options={"enabled_precisions": {torch.float16}})
+    with pytest.raises(EngineBuildError) as info, torch.no_grad():
+        _run(trt_runtime.TensorRTModule(support.make_toy(), runtime=rt), 2)
+    assert isinstance(info.value.__cause__, ConfigurationError)
+    assert "'enabled_precisions' is not a keyword" in str(info.value)
+
+
+def test_cuda_graphs_wrap_static_engines_only(standin, tmp_path):
+    trt = standin()
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True, cuda_graphs=True)
+    module = support.make_toy()
+    torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=rt), 2), _eager(module, 2))
+    assert len(_calls(trt, "enable_cudagraphs")) == 1
+    _run(trt_runtime.TensorRTModule(support.make_toy(), runtime=rt, shapes=support.SHAPES), 3)
+    assert len(_calls(trt, "enable_cudagraphs")) == 1, "dynamic-shape engines are not graph-captured"

@@ -1,0 +1,244 @@
+"""What differs between the torch_tensorrt releases we support, in one table, and the pure functions
+that turn our settings into their keyword arguments.
+
+Everything here is a pure function of (torch_tensorrt version, settings): no torch_tensorrt import.
+That is deliberate: the backend calls these functions, and the contract tests
+(``tests/backends/test_tensorrt_contract.py``) call the very same functions and compare the keywords
+they produce with the signatures parsed from the published wheels of every supported release. When a
+new release changes its API, the change belongs in ``_TABLE`` and nowhere else.
+
+Evidence for the table (paths inside the torch-tensorrt wheels from PyPI):
+
+- 2.11.0 / 2.12.x: ``dynamo/_compiler.py`` ``compile()`` has ``enabled_precisions`` and
+  ``use_explicit_typing``; ``dynamo/_defaults.py`` sets ``USE_EXPLICIT_TYPING = True`` and
+  ``ENABLED_PRECISIONS = {dtype.f32}``; ``compile()`` raises ``AssertionError("use_explicit_typing was
+  set to True, however found that enabled_precisions was also specified ...")`` unless
+  ``enabled_precisions`` is exactly {f32} (or {f4}) while explicit typing is on. So a reduced-precision
+  build of an fp32 module needs ``use_explicit_typing=False`` next to ``enabled_precisions``; the
+  weakly typed builder then sets ``BuilderFlag.FP16`` / ``BF16`` (``conversion/_TRTInterpreter.py``).
+  These wheels pin TensorRT 10.15 (2.11) and 10.16 (2.12).
+- 2.13.0 / 2.14.0: both keywords are gone from ``compile()``, from ``CompilationSettings`` and from
+  ``_defaults.py`` (TensorRT 11 builds strongly typed networks only). ``compile()`` still takes
+  ``**kwargs`` and silently ignores unknown names, so passing ``enabled_precisions`` would not fail:
+  it would build an fp32 engine. Precision follows the module's dtype, or ``enable_autocast=True``
+  with ``autocast_low_precision_type``. These wheels pin TensorRT 11.0 (2.13) and 11.1 (2.14).
+- All four: ``torch_tensorrt.save(module, file_path, *, output_format, arg_inputs, kwarg_inputs,
+  retrace=True, use_legacy_exporter, dynamic_shapes, ...)`` has the same keywords. With
+  ``retrace=False`` a compiled ``GraphModule`` is serialized by graph surgery (the legacy exporter),
+  which needs neither example inputs nor ``dynamic_shapes``; ``retrace=True`` re-exports and needs
+  both for dynamic shapes. ``torch_tensorrt.runtime.enable_cudagraphs(module)`` exists in all four
+  (2.13 adds a keyword-only ``cuda_graph_strategy`` for TensorRT-RTX, unused here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..errors import BackendUnavailableError, ConfigurationError
+from ..settings import RuntimeSettings
+from ..shapes import Dim
+
+__all__ = [
+    "TensorRTApi",
+    "SUPPORTED_RANGE",
+    "WEAK_TYPING",
+    "AUTOCAST",
+    "SAVE_KWARGS",
+    "OWNED_KEYWORDS",
+    "MANAGED_KEYWORDS",
+    "parse_version",
+    "api_for",
+    "supported_versions",
+    "compile_kwargs",
+    "precision_kwargs",
+    "input_kwargs",
+    "check_extra_options",
+]
+
+WEAK_TYPING = "weak_typing"
+"""Ask for a lower precision with ``enabled_precisions={dtype}`` and ``use_explicit_typing=False``."""
+AUTOCAST = "autocast"
+"""Ask for a lower precision with ``enable_autocast=True`` and ``autocast_low_precision_type=dtype``."""
+
+INSTALL_HINT = 'install it with: pip install "trt-runtime[tensorrt]"'
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRTApi:
+    """The facts about one torch_tensorrt release series (major, minor) that our calls depend on."""
+
+    series: tuple[int, int]
+    tensorrt: str
+    """TensorRT series the wheel pins (``_version.py`` ``__tensorrt_version__``), major.minor."""
+    lower_precision: str
+    """How to build an engine in a lower precision than the module's weights: WEAK_TYPING or AUTOCAST."""
+    removed: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Keywords of earlier releases that this one no longer accepts, with what to use instead."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.series[0]}.{self.series[1]}"
+
+
+_REMOVED_IN_2_13 = {
+    "enabled_precisions": "precision follows the module's dtype; set RuntimeSettings.precision "
+    "(trt_runtime passes enable_autocast=True, autocast_low_precision_type=...)",
+    "use_explicit_typing": "TensorRT 11 networks are always strongly typed; use enable_autocast",
+}
+
+_TABLE: dict[tuple[int, int], TensorRTApi] = {
+    (2, 11): TensorRTApi((2, 11), "10.15", WEAK_TYPING),
+    (2, 12): TensorRTApi((2, 12), "10.16", WEAK_TYPING),
+    (2, 13): TensorRTApi((2, 13), "11.0", AUTOCAST, _REMOVED_IN_2_13),
+    (2, 14): TensorRTApi((2, 14), "11.1", AUTOCAST, _REMOVED_IN_2_13),
+}
+
+SUPPORTED_RANGE = (min(_TABLE), max(_TABLE))
+
+SAVE_KWARGS: Mapping[str, Any] = {"output_format": "exported_program", "retrace": False}
+"""Keywords for ``torch_tensorrt.save``: an ExportedProgram by graph surgery, without re-tracing (the
+same in 2.11-2.14; re-tracing would need example inputs and explicit ``dynamic_shapes``)."""
+
+OWNED_KEYWORDS = frozenset({"exported_program", "inputs", "arg_inputs", "kwarg_inputs"})
+"""``compile()`` keywords trt_runtime always sets from the call itself."""
+
+MANAGED_KEYWORDS: Mapping[str, str] = {
+    "optimization_level": "optimization_level",
+    "workspace_size": "workspace_size",
+    "min_block_size": "min_block_size",
+    "truncate_double": "truncate_double",
+    "immutable_weights": "refittable",
+    "offload_module_to_cpu": "offload_module_to_cpu",
+    "enabled_precisions": "precision",
+    "use_explicit_typing": "precision",
+    "device": "the module's device",
+}
+"""``compile()`` keywords that a ``RuntimeSettings`` field controls: keyword -> field."""
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """``"2.12.1+cu130"`` -> ``(2, 12)``."""
+    match = re.match(r"\s*(\d+)\.(\d+)", str(text))
+    if not match:
+        raise BackendUnavailableError(f"cannot read the torch_tensorrt version {text!r}", hint=INSTALL_HINT)
+    return int(match.group(1)), int(match.group(2))
+
+
+def supported_versions() -> str:
+    lo, hi = SUPPORTED_RANGE
+    return f"{lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}"
+
+
+def api_for(version: str) -> TensorRTApi:
+    """The table row for an installed torch_tensorrt version, or BackendUnavailableError."""
+    series = parse_version(version)
+    api = _TABLE.get(series)
+    if api is None:
+        raise BackendUnavailableError(
+            f"torch_tensorrt {version} is not supported (supported: {supported_versions()})",
+            hint='install a supported release: pip install "torch-tensorrt>=2.11,<2.15"',
+        )
+    return api
+
+
+def precision_kwargs(api: TensorRTApi, precision: str, module_dtype: torch.dtype | None) -> dict[str, Any]:
+    """Keywords that make the engine run in ``precision``.
+
+    Every supported release builds strongly typed engines by default, so a module whose weights are
+    already in the requested dtype needs no keyword at all (and keeps the fp32 islands diffusers puts
+    in fp16 models, such as upcast attention or VAE upcasting). Only lowering an fp32 module needs
+    keywords, and those differ by release (see the module docstring).
+    """
+    target = _DTYPES.get(precision)
+    if target is None:
+        raise ConfigurationError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(_DTYPES)}")
+    if target is torch.float32 or module_dtype is None or module_dtype == target:
+        return {}
+    if module_dtype != torch.float32:
+        # An fp16 module cannot be built as bf16 (or fp32) by compiler flags; it runs in its own dtype.
+        return {}
+    if api.lower_precision == WEAK_TYPING:
+        return {"enabled_precisions": {target}, "use_explicit_typing": False}
+    return {"enable_autocast": True, "autocast_low_precision_type": target}
+
+
+def compile_kwargs(
+    api: TensorRTApi,
+    settings: RuntimeSettings,
+    precision: str,
+    module_dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``torch_tensorrt.dynamo.compile`` (besides the inputs) for one build.
+
+    ``tensorrt_options`` are not merged here: ``check_extra_options`` validates them against the
+    installed signature first.
+    """
+    kwargs: dict[str, Any] = {
+        "truncate_double": settings.truncate_double,
+        "immutable_weights": not settings.refittable,
+        "offload_module_to_cpu": settings.offload_module_to_cpu,
+    }
+    if settings.optimization_level is not None:
+        kwargs["optimization_level"] = settings.optimization_level
+    if settings.workspace_size is not None:
+        kwargs["workspace_size"] = settings.workspace_size
+    if settings.min_block_size is not None:
+        kwargs["min_block_size"] = settings.min_block_size
+    if device is not None and device.type == "cuda":
+        kwargs["device"] = device
+    kwargs.update(precision_kwargs(api, precision, module_dtype))
+    return kwargs
+
+
+def input_kwargs(shape: tuple[int, ...], dtype: torch.dtype, dims: Mapping[int, Dim] | None) -> dict[str, Any]:
+    """Keyword arguments for one ``torch_tensorrt.Input``: a fixed ``shape``, or ``min_shape`` /
+    ``opt_shape`` / ``max_shape`` where ``dims`` declares a range (the same keywords in 2.11-2.14)."""
+    shape = tuple(int(s) for s in shape)
+    if not dims:
+        return {"shape": shape, "dtype": dtype}
+    lo, opt, hi = list(shape), list(shape), list(shape)
+    for index, dim in dims.items():
+        lo[index], opt[index], hi[index] = dim.min, dim.opt_value, dim.max
+    return {"min_shape": tuple(lo), "opt_shape": tuple(opt), "max_shape": tuple(hi), "dtype": dtype}
+
+
+def check_extra_options(
+    api: TensorRTApi,
+    options: Mapping[str, Any] | None,
+    accepted: frozenset[str] | set[str],
+    derived: Mapping[str, Any] = {},  # noqa: B006 - read only
+    version: str | None = None,
+) -> dict[str, Any]:
+    """Validate ``RuntimeSettings.tensorrt_options`` against ``accepted`` (the named keyword parameters
+    of the installed ``torch_tensorrt.dynamo.compile``; its ``**kwargs`` does not count, since 2.13+
+    silently ignores names it does not know). Returns the options to merge; raises ConfigurationError
+    naming every bad keyword.
+    """
+    if not options:
+        return {}
+    where = f"torch_tensorrt.dynamo.compile of torch_tensorrt {version or api.name}"
+    problems = []
+    for key in sorted(options):
+        if key in OWNED_KEYWORDS:
+            problems.append(f"{key!r} is set by trt_runtime from the call's inputs")
+        elif key not in accepted:
+            why = api.removed.get(key)
+            problems.append(f"{key!r} is not a keyword of {where}" + (f" ({why})" if why else ""))
+        elif key in MANAGED_KEYWORDS:
+            problems.append(f"{key!r} is controlled by RuntimeSettings ({MANAGED_KEYWORDS[key]})")
+        elif key in derived and derived[key] != options[key]:
+            problems.append(f"{key!r} conflicts with {derived[key]!r} derived from RuntimeSettings.precision")
+    if problems:
+        raise ConfigurationError(
+            "invalid tensorrt_options: " + "; ".join(problems),
+            hint="see help(torch_tensorrt.dynamo.compile) for the keywords of the installed release",
+        )
+    return dict(options)

@@ -1,0 +1,375 @@
+"""TensorRT backend: ``torch.export`` -> ``torch_tensorrt.dynamo.compile`` -> ``torch_tensorrt.save``.
+
+The module is exported with its tensors as flat positional inputs (non-tensor arguments such as
+``return_dict=False`` are constants of the graph; they are part of the cache key, so a key always sees
+the same values). That keeps ``arg_inputs`` a flat list of ``torch_tensorrt.Input`` and the dynamic
+dims a flat tuple, the one form every supported release handles alike. Dims declared with the same
+name become one ``torch.export.Dim``, so exporters know that ``batch`` of ``sample`` equals ``batch``
+of ``encoder_hidden_states``.
+
+Which keywords each torch_tensorrt release takes lives in ``_tensorrt_api`` (one table, checked by the
+contract tests against the published wheels). Nothing here imports torch_tensorrt at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+import logging
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BackendUnavailableError, EngineBuildError
+from ..shapes import Dim
+from . import _tensorrt_api as api_table
+from .base import Backend, CompileRequest, iter_tensors
+
+__all__ = ["TensorRTBackend", "cuda_unavailable_reason"]
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT = "trt_program.pt2"
+INPUTS_FILE = "trt_inputs.json"
+
+_PLUGINS_LOCK = threading.Lock()
+_PLUGINS_READY = False
+
+
+def cuda_unavailable_reason(device: torch.device | None) -> str | None:
+    """Why TensorRT engines cannot run for a module on ``device``; None when they can.
+
+    The one CUDA probe of this backend, kept small and module-level so tests substitute it.
+    """
+    if not torch.cuda.is_available():
+        return "no CUDA device is available to torch"
+    if device is not None and device.type != "cuda":
+        return f"the module is on {device.type}; TensorRT engines run on CUDA (move it with .to('cuda'))"
+    return None
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    artifact_fields = frozenset(
+        {
+            "precision",
+            "optimization_level",
+            "workspace_size",
+            "min_block_size",
+            "truncate_double",
+            "refittable",
+            "tensorrt_options",
+        }
+    )
+    """Settings that change the engine. ``offload_module_to_cpu`` only changes where weights wait
+    during the build, and ``cuda_graphs`` is applied when the engine is loaded: neither enters the key."""
+
+    def check_available(self, device):
+        if importlib.util.find_spec("torch_tensorrt") is None:
+            raise BackendUnavailableError(f"torch_tensorrt is not installed; {api_table.INSTALL_HINT}")
+        reason = cuda_unavailable_reason(device)
+        if reason:
+            raise BackendUnavailableError(reason)
+        try:  # refuse an unsupported release before paying for its import
+            api_table.api_for(importlib.metadata.version("torch-tensorrt"))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        _import_torch_tensorrt()
+
+    def versions(self):
+        _, version = _import_torch_tensorrt()
+        return {"torch_tensorrt": version, "tensorrt": _tensorrt_version()}
+
+    # ------------------------------------------------------------------------------------------------
+    def compile(self, request: CompileRequest):
+        torch_tensorrt, version = _import_torch_tensorrt()
+        api = api_table.api_for(version)
+        plan = _InputPlan(request)
+        module_dtype = _module_dtype(request.module)
+        kwargs = api_table.compile_kwargs(api, request.settings, request.precision, module_dtype, request.device)
+        lowered = bool(kwargs.keys() & {"enabled_precisions", "enable_autocast"})
+        if not lowered and _PRECISION.get(module_dtype, request.precision) != request.precision:
+            logger.warning("[%s] precision %s cannot be reached from %s weights; the engine runs in %s",
+                           request.component, request.precision, module_dtype, module_dtype)
+        kwargs.update(
+            api_table.check_extra_options(
+                api, request.settings.tensorrt_options, _compile_keywords(torch_tensorrt), kwargs, version
+            )
+        )
+        program = plan.export(request)
+        arg_inputs = [torch_tensorrt.Input(**spec) for spec in plan.input_specs()]
+        logger.debug("[%s] torch_tensorrt %s compile keywords: %s", request.component, version, kwargs)
+        device_before = _first_device(request.module)
+        try:
+            graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
+        except Exception as err:
+            raise EngineBuildError(
+                f"torch_tensorrt {version} could not build an engine: {type(err).__name__}: {err}",
+                component=request.component, shapes=plan.shapes,
+                hint="the call runs eagerly; min_block_size or tensorrt_options "
+                "{'torch_executed_ops': ...} can keep unsupported ops in PyTorch",
+            ) from err
+        finally:
+            _restore_device(request, device_before)
+        return _EngineCall(graph_module, plan.paths, request.names, request.settings.cuda_graphs and not request.dynamic)
+
+    def save(self, compiled, request: CompileRequest, directory: Path) -> None:
+        if not isinstance(compiled, _EngineCall):
+            raise TypeError(f"expected a callable made by the tensorrt backend, got {type(compiled).__name__}")
+        torch_tensorrt, version = _import_torch_tensorrt()
+        torch_tensorrt.save(compiled.graph_module, str(directory / ARTIFACT), **api_table.SAVE_KWARGS)
+        meta = {"paths": list(compiled.paths), "torch_tensorrt": version}
+        (directory / INPUTS_FILE).write_text(json.dumps(meta, indent=1))
+        logger.debug("[%s] saved TensorRT program to %s", request.component, directory / ARTIFACT)
+
+    def load(self, request: CompileRequest, directory: Path):
+        _import_torch_tensorrt()  # registers the engine class and ops the program refers to
+        _init_plugins()
+        saved = json.loads((directory / INPUTS_FILE).read_text())
+        paths = [path for path, _ in iter_tensors(request.args, request.kwargs, request.names)]
+        if saved.get("paths") != paths:
+            raise ValueError(f"artifact inputs {saved.get('paths')} do not match this call's {paths}")
+        graph_module = torch.export.load(str(directory / ARTIFACT)).module()
+        return _EngineCall(graph_module, paths, request.names, request.settings.cuda_graphs and not request.dynamic)
+
+
+_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class _EngineCall:
+    """Calls a compiled (or loaded) program with one call's tensors, in the order they were exported.
+
+    The hot path is one walk over the arguments; the program itself checks shapes against its guards.
+    """
+
+    def __init__(self, graph_module: torch.nn.Module, paths, names: tuple[str, ...], cuda_graphs: bool) -> None:
+        self.graph_module = graph_module
+        self.paths = tuple(paths)
+        self.names = names
+        self._runner = graph_module
+        self._cudagraphs_context = None
+        if cuda_graphs:
+            self._enable_cuda_graphs()
+
+    def _enable_cuda_graphs(self) -> None:
+        """Replay the engine through CUDA graphs. ``enable_cudagraphs`` (2.11-2.14) switches a
+        process-wide mode and may wrap the module (when PyTorch subgraphs remain); the context is
+        entered once and kept for the lifetime of this callable, since re-entering per call would
+        re-capture the graph every time."""
+        import torch_tensorrt
+
+        context = torch_tensorrt.runtime.enable_cudagraphs(self.graph_module)
+        self._runner = context.__enter__()
+        self._cudagraphs_context = context
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        tensors = [tensor for _, tensor in iter_tensors(args, kwargs, self.names)]
+        if len(tensors) != len(self.paths):
+            raise TypeError(f"expected {len(self.paths)} tensors ({', '.join(self.paths)}), got {len(tensors)}")
+        return self._runner(*tensors)
+
+
+class _Slot:
+    """Placeholder for a tensor inside the recorded call structure."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class _FlatCall(torch.nn.Module):
+    """What gets exported: ``forward(*tensors)`` rebuilds the original call around the module.
+
+    Non-tensor arguments are held as constants; the module is a registered child, so its parameters
+    are the exported program's parameters.
+    """
+
+    def __init__(self, module: torch.nn.Module, template: tuple, paths: tuple[str, ...]) -> None:
+        super().__init__()
+        self.inner = module
+        self._template = template
+        self._paths = paths
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        lookup = dict(zip(self._paths, tensors, strict=True))
+        args, kwargs = _fill(self._template, lookup)
+        return self.inner(*args, **kwargs)
+
+
+class _InputPlan:
+    """The tensors of one call (by path), their declared dims, and what export and TensorRT need."""
+
+    def __init__(self, request: CompileRequest) -> None:
+        self.items = [
+            (path, tensor, dict(request.dynamic.get(path, {})))
+            for path, tensor in iter_tensors(request.args, request.kwargs, request.names)
+        ]
+        self.paths = tuple(path for path, _, _ in self.items)
+        self.shapes = [tuple(tensor.shape) for _, tensor, _ in self.items]
+        self._fix_size_one()
+
+    def _fix_size_one(self) -> None:
+        """torch.export specializes a dimension whose example size is 1, and then rejects the declared
+        range. Such example tensors are repeated along that dim to size 2 (when the range allows it), so
+        the traced values stay realistic; a range whose max is 1 is not dynamic at all."""
+        self.examples = []
+        for _, tensor, dims in self.items:
+            example = tensor
+            for dim_index, dim in list(dims.items()):
+                if example.shape[dim_index] != 1:
+                    continue
+                if dim.max < 2:
+                    dims.pop(dim_index)
+                    continue
+                example = torch.cat([example, example], dim=dim_index)
+            self.examples.append(example)
+
+    def dynamic_shapes(self) -> tuple | None:
+        if not any(dims for _, _, dims in self.items):
+            return None
+        symbols: dict[str, Any] = {}
+
+        def symbol(dim: Dim):
+            if dim.name not in symbols:
+                symbols[dim.name] = torch.export.Dim(dim.name, min=dim.min, max=dim.max)
+            return symbols[dim.name]
+
+        # forward(*tensors) binds one argument, the tuple of tensors: hence the outer 1-tuple.
+        return (tuple({i: symbol(d) for i, d in dims.items()} or None for _, _, dims in self.items),)
+
+    def input_specs(self) -> list[dict[str, Any]]:
+        return [api_table.input_kwargs(tuple(t.shape), t.dtype, dims) for _, t, dims in self.items]
+
+    def export(self, request: CompileRequest):
+        flat = _FlatCall(request.module, _template(request.args, request.kwargs, request.names), self.paths)
+        try:
+            return torch.export.export(flat, tuple(self.examples), dynamic_shapes=self.dynamic_shapes(), strict=False)
+        except Exception as err:
+            raise EngineBuildError(
+                f"torch.export could not capture the module: {type(err).__name__}: {err}",
+                component=request.component, shapes=self.shapes,
+                hint="TensorRT needs a graph without Python-side data-dependent control flow; "
+                "the call runs eagerly",
+            ) from err
+
+
+def _template(args: tuple, kwargs: Mapping[str, Any], names: tuple[str, ...]) -> tuple:
+    """The call with every tensor replaced by a ``_Slot`` carrying the same path as ``iter_tensors``."""
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            return _Slot(path)
+        if isinstance(value, (list, tuple)):
+            items = [walk(v, f"{path}.{i}") for i, v in enumerate(value)]
+            if isinstance(value, list):
+                return items
+            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+        if isinstance(value, Mapping):
+            return {k: walk(v, f"{path}.{k}") for k, v in value.items()}
+        return value
+
+    positional = [walk(a, names[i] if i < len(names) else f"args{i}") for i, a in enumerate(args)]
+    return tuple(positional), {k: walk(v, k) for k, v in kwargs.items()}
+
+
+def _fill(value: Any, lookup: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(value, _Slot):
+        return lookup[value.path]
+    if isinstance(value, list):
+        return [_fill(v, lookup) for v in value]
+    if isinstance(value, tuple):
+        items = [_fill(v, lookup) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict):
+        return {k: _fill(v, lookup) for k, v in value.items()}
+    return value
+
+
+def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:
+    for param in module.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return None
+
+
+def _first_device(module: torch.nn.Module) -> torch.device | None:
+    param = next(iter(module.parameters()), None)
+    return None if param is None else param.device
+
+
+def _restore_device(request: CompileRequest, before: torch.device | None) -> None:
+    """``offload_module_to_cpu`` makes torch_tensorrt call ``.to("cpu")`` on the exported program's
+    module (``deallocate_module`` in dynamo/utils.py), whose parameters are the module's own: measured
+    with torch 2.11 on CUDA, ``ep.module().to("cpu")`` moves the original module too, also after
+    ``run_decompositions``. Eager fallback, validation and PyTorch subgraphs need them where they were."""
+    after = _first_device(request.module)
+    if before is not None and after is not None and after != before:
+        logger.info("[%s] moving the module back to %s after the build (offload_module_to_cpu)",
+                    request.component, before)
+        request.module.to(before)
+
+
+def _import_torch_tensorrt():
+    """``(torch_tensorrt, version)``, or BackendUnavailableError saying why not."""
+    try:
+        module = importlib.import_module("torch_tensorrt")
+    except Exception as err:  # missing TensorRT libraries surface as ImportError, OSError, RuntimeError
+        if isinstance(err, ModuleNotFoundError) and err.name == "torch_tensorrt":
+            raise BackendUnavailableError(f"torch_tensorrt is not installed; {api_table.INSTALL_HINT}") from err
+        raise BackendUnavailableError(
+            f"torch_tensorrt is installed but cannot be imported ({type(err).__name__}: {err})",
+            hint="it needs the TensorRT libraries of its release; " + api_table.INSTALL_HINT,
+        ) from err
+    version = str(getattr(module, "__version__", "unknown"))
+    api_table.api_for(version)
+    return module, version
+
+
+def _tensorrt_version() -> str:
+    trt = sys.modules.get("tensorrt")
+    if trt is None:
+        try:
+            import tensorrt as trt
+        except Exception:  # noqa: BLE001 - a version string is all we want
+            return "unknown"
+    return str(getattr(trt, "__version__", "unknown"))
+
+
+def _compile_keywords(torch_tensorrt) -> frozenset[str]:
+    """Named keyword parameters of the installed ``torch_tensorrt.dynamo.compile`` (not ``**kwargs``)."""
+    params = inspect.signature(torch_tensorrt.dynamo.compile).parameters.values()
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _init_plugins() -> None:
+    """Register TensorRT's standard plugins once per process before deserializing engines.
+
+    torch_tensorrt's dynamo runtime does not do this itself (only its legacy fx frontend calls
+    ``tensorrt.init_libnvinfer_plugins``), and an engine that contains a standard plugin layer fails to
+    deserialize without it. Harmless when no engine needs it; skipped where TensorRT lacks the call.
+    """
+    global _PLUGINS_READY
+    with _PLUGINS_LOCK:
+        if _PLUGINS_READY:
+            return
+        _PLUGINS_READY = True
+        try:
+            import tensorrt as trt
+
+            init = getattr(trt, "init_libnvinfer_plugins", None)
+            if init is None:
+                logger.debug("tensorrt %s has no init_libnvinfer_plugins", getattr(trt, "__version__", "?"))
+                return
+            init(trt.Logger(trt.Logger.WARNING), "")
+            logger.debug("initialized the TensorRT plugin registry")
+        except Exception as err:  # noqa: BLE001 - engines without plugins still load
+            logger.warning("could not initialize the TensorRT plugin registry (%s: %s); engines that use "
+                           "standard plugins will fail to load", type(err).__name__, err)
