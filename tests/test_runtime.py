@@ -267,3 +267,20 @@ def test_concurrent_processes_build_a_key_once(tmp_path):
     assert len(log.read_text().split()) == 1, "the key was built more than once"
     results = sorted(line.split()[1:] for out in outputs for line in out.splitlines() if line.startswith("RESULT"))
     assert results == [["0", "1"], ["1", "0"]]
+
+
+def test_configuration_errors_from_a_backend_surface_and_are_not_remembered(cache_dir):
+    class Misconfigured(doubles.ExportBackend):
+        name = "misconfigured"
+
+        def compile(self, request):
+            raise ConfigurationError("tensorrt_options: unknown keyword 'enabled_precision'")
+
+    register_backend("misconfigured", Misconfigured)
+    try:
+        rt, module, w = wrapped("misconfigured", cache_dir)
+        with pytest.raises(ConfigurationError, match="enabled_precision"):
+            w(torch.randn(2, 8))
+        assert rt.cache.entries() == []
+    finally:
+        _FACTORIES.pop("misconfigured", None)

@@ -25,6 +25,7 @@ from .backends import Backend, CompileRequest, check_backend_name, select_backen
 from .cache import FAILED, READY, EngineCache
 from .errors import (
     CacheError,
+    ConfigurationError,
     EngineBuildError,
     EngineRunError,
     TrtRuntimeError,
@@ -319,6 +320,8 @@ class TensorRTRuntime:
             with _Progress(comp.name, backend.name, settings.progress_interval_s):
                 fn = backend.compile(request)
                 out = fn(*request.args, **request.kwargs)
+        except ConfigurationError:
+            raise  # the user's settings are wrong: say so now, do not remember it as this key's failure
         except Exception as err:
             error = f"{type(err).__name__}: {err}".strip()[:2000]
             return self._build_failed(comp, key, meta, shapes, error, err, EngineBuildError), _NOTHING

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 from .errors import ConfigurationError
 
@@ -46,7 +46,7 @@ class Dim:
         return {"name": self.name, "min": self.min, "opt": self.opt_value, "max": self.max}
 
 
-DimLike = Union[Dim, tuple]
+DimLike = Dim | tuple
 ShapeSpec = Mapping[str, Mapping[int, Dim]]
 
 

@@ -86,7 +86,7 @@ class RuntimeStats:
                           str(r.loads), f"{r.compile_seconds:.2f}", f"{r.load_seconds:.2f}", str(r.fallbacks),
                           r.shapes[:60]))
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-        out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in lines]
+        out = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines]
         t = self.totals()
         out.append(
             f"total: {t['calls']} calls, {t['compiles']} compiled ({t['compile_seconds']:.2f} s), "

@@ -24,7 +24,7 @@ def relative_error(actual: Any, expected: Any) -> float:
     if a_spec != e_spec or len(a_leaves) != len(e_leaves):
         return math.inf
     worst = 0.0
-    for a, e in zip(a_leaves, e_leaves):
+    for a, e in zip(a_leaves, e_leaves, strict=True):
         if not isinstance(e, torch.Tensor):
             if a != e:
                 return math.inf

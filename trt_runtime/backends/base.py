@@ -59,7 +59,7 @@ class Backend(abc.ABC):
         same architecture, and in-place weight changes reach it without a rebuild."""
         return True
 
-    def check_available(self, device: torch.device | None) -> None:
+    def check_available(self, device: torch.device | None) -> None:  # noqa: B027 - optional hook
         """Raise ``BackendUnavailableError`` saying why this backend cannot run on ``device``."""
 
     def is_available(self, device: torch.device | None) -> bool:
