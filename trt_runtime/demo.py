@@ -60,7 +60,7 @@ def build_demo_pipeline(device: str = "cpu", dtype: Any = None, seed: int = 0):
         bos_token_id=0, eos_token_id=1, pad_token_id=1,
     ))
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False)
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
@@ -93,25 +93,33 @@ def run_demo(
     out(f"trt_runtime demo: SD1.5-architecture pipeline (reduced width, random weights) on {device}, "
         f"{str(dtype)[6:]}, {size}x{size}, {steps} steps")
     out(f"engine cache: {runtime.cache.root}")
+    def generate():
+        generator = torch.Generator(device="cpu").manual_seed(0)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            image = pipe(prompt, num_inference_steps=steps, height=size, width=size, generator=generator,
+                         output_type="np").images[0]
+        return image, time.perf_counter() - start
+
+    reference, eager_seconds = generate()
+    out(f"eager PyTorch: {eager_seconds:.2f} s")
     wrap_pipeline(pipe, runtime=runtime, unet=True, vae=True, text_encoders=text_encoders)
 
     timings = []
     images = []
     for run in (1, 2):
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            result = pipe(prompt, num_inference_steps=steps, height=size, width=size, generator=generator,
-                          output_type="np")
-        seconds = time.perf_counter() - start
+        image, seconds = generate()
         totals = runtime.stats.totals()
         timings.append(seconds)
-        images.append(result.images[0])
-        out(f"run {run}: {seconds:.2f} s (so far: {totals['compiles']} compiled, "
+        images.append(image)
+        out(f"wrapped, run {run}: {seconds:.2f} s (so far: {totals['compiles']} compiled, "
             f"{totals['loads']} loaded from the disk cache, {totals['fallbacks']} eager fallbacks)")
+    difference = float(abs(images[-1].astype("float64") - reference.astype("float64")).max())
+    out(f"largest pixel difference to eager (0..1 scale): {difference:.2e}")
     out("")
     out(runtime.summary())
     backend_names = sorted({row.backend for row in runtime.stats.rows()}) or ["eager"]
     out(f"\nbackend: {', '.join(backend_names)}. Run the demo again: the next process loads the "
         "artifacts from the cache instead of compiling.")
-    return {"timings": timings, "totals": runtime.stats.totals(), "images": images, "backend": backend_names}
+    return {"eager_seconds": eager_seconds, "timings": timings, "totals": runtime.stats.totals(),
+            "images": images, "reference": reference, "max_difference": difference, "backend": backend_names}

@@ -427,7 +427,7 @@ def _sig_has_dim(node: Any, dim) -> bool:
 
 
 def _short_shapes(shapes: list[tuple[int, ...]]) -> str:
-    text = ", ".join("x".join(map(str, s)) for s in shapes[:6])
+    text = ", ".join("x".join(map(str, s)) or "scalar" for s in shapes[:6])
     return text + (f", ... ({len(shapes)} tensors)" if len(shapes) > 6 else "")
 
 
