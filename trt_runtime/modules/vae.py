@@ -1,0 +1,90 @@
+"""VAEs: the ``encoder`` and ``decoder`` submodules are wrapped, not the autoencoder.
+
+Why there: ``encode()``/``decode()`` do work a compiled graph should not own (tiling and slicing loops,
+the latent distribution, ``return_dict``), and pipelines call those methods, not ``forward``. Wrapping
+the two submodules keeps ``encode()`` returning an ``AutoencoderKLOutput`` with a
+``DiagonalGaussianDistribution`` and ``decode()`` a ``DecoderOutput``; ``enable_tiling()`` and
+``enable_slicing()`` keep working, each tile or slice shape getting its own key.
+
+``quant_conv`` / ``post_quant_conv`` (1x1 convolutions) stay eager: folding them in would mean
+replacing the autoencoder's own ``_encode``/``_decode``, for a negligible gain.
+
+dtype: keys follow the module's dtype, so a VAE upcast to float32 for decoding (``force_upcast``,
+``upcast_vae()``) runs a float32 artifact, and an fp16 one again after it is cast back.
+
+Only autoencoders whose encoder and decoder are pure functions of their inputs are accepted. Video
+VAEs that thread a feature cache through the decoder in place (Wan, LTX, Mochi, CogVideoX) would lose
+those in-place updates inside a compiled graph; they are refused rather than silently wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..errors import ConfigurationError
+from ..runtime import Component, TensorRTRuntime
+from .base import OriginalForward, make_component
+from .transformer import CallBinder, PassCore, Wrapped, attach, check_offload, detach
+
+__all__ = ["apply_vae", "SUPPORTED_VAES"]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VAES = ("AutoencoderKL", "AutoencoderKLHunyuanVideo", "AutoencoderTiny")
+"""Class names whose ``encoder``/``decoder`` are pure (no caches carried between calls)."""
+
+
+def apply_vae(
+    vae: torch.nn.Module,
+    *,
+    runtime: TensorRTRuntime | None = None,
+    name: str = "vae",
+    encoder: bool = True,
+    decoder: bool = True,
+    settings: dict | None = None,
+) -> Wrapped:
+    """Install the runtime on ``vae.encoder`` and/or ``vae.decoder`` (components ``vae.encoder``,
+    ``vae.decoder``). Raises ``ConfigurationError`` for autoencoders not in ``SUPPORTED_VAES``."""
+    kind = next((cls.__name__ for cls in type(vae).__mro__ if cls.__name__ in SUPPORTED_VAES), None)
+    if kind is None:
+        raise ConfigurationError(
+            f"{type(vae).__name__} is not a supported VAE (supported: {', '.join(SUPPORTED_VAES)})",
+            component=name, hint="its encoder/decoder may carry state between calls; leave it eager (vae=False) "
+            "or wrap a pure submodule with TensorRTModule",
+        )
+    parts = [(part, getattr(vae, part, None)) for part, wanted in (("encoder", encoder), ("decoder", decoder))
+             if wanted]
+    wrapped = Wrapped({}, [])
+    try:
+        for part, module in parts:
+            if not isinstance(module, torch.nn.Module):
+                continue
+            check_offload(module, f"{name}.{part}")
+            wrapped.components.update(_wrap_part(module, f"{name}.{part}", runtime, settings))
+            wrapped.modules.append(module)
+    except BaseException:
+        for module in wrapped.modules:
+            detach(module)
+        raise
+    return wrapped
+
+
+def _wrap_part(module: torch.nn.Module, name: str, runtime, settings) -> dict[str, Component]:
+    binder = CallBinder(type(module).forward)
+    holder: dict[str, Component] = {}
+
+    def make_forward(original: OriginalForward):
+        component = make_component(module, runtime=runtime, name=name, eager=PassCore(original),
+                                   settings=settings)
+        holder[name] = component
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            return component(**binder.bind(args, kwargs))
+
+        return forward
+
+    attach(module, make_forward)
+    return holder
