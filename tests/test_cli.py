@@ -61,3 +61,20 @@ def test_cache_path_and_env(cache_dir, capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     assert "backend inductor: available" in out and "backend tensorrt:" in out
+
+
+@pytest.mark.slow
+def test_build_prebuilds_engines_for_a_saved_pipeline(export_backend, tmp_path, capsys):
+    from trt_runtime.demo import build_demo_pipeline
+
+    folder = tmp_path / "pipeline"
+    build_demo_pipeline().save_pretrained(folder)
+    assert main(["build", str(folder), "--backend", "export", "--dtype", "fp32", "--device", "cpu",
+                 "--size", "64x64", "--size", "64x96", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "64x64 batch 1" in out and "64x96 batch 1" in out
+    main(["cache", "ls", "--json"])
+    entries = json.loads(capsys.readouterr().out)
+    components = {e["component"] for e in entries}
+    assert any("unet" in c for c in components) and any("vae" in c for c in components)
+    assert all(e["status"] == "ready" for e in entries)

@@ -95,7 +95,8 @@ def test_wrapped_pipeline_matches_eager(runtime, case):
     want = _run(pipe, inputs())
     want_third = _run(pipe, third_inputs()) if third_inputs else want
 
-    wrap_pipeline(pipe, runtime=runtime, text_encoders=True)
+    # validate: each new artifact's output is compared with eager once, structure included
+    wrap_pipeline(pipe, runtime=runtime, text_encoders=True, validate=True)
     np.testing.assert_allclose(_run(pipe, inputs()), want, atol=1e-4)
     assert _compiled(runtime) == expected
     compiles = runtime.stats.totals()["compiles"]

@@ -174,8 +174,8 @@ class LoraTracker:
     PEFT LoRA layers multiply their update by ``scaling`` (a Python float the compiled graph bakes in);
     diffusers sets it per call from ``cross_attention_kwargs["scale"]`` (inside forward) or before
     calling a text encoder (outside). So a module with adapters keys on the adapter names, their current
-    scaling, merged and disabled state; without adapters ``"scale"`` changes nothing and is dropped from
-    the key. When adapters are loaded, fused or removed the weights change: the component's
+    scaling, merged and disabled state (read from the first LoRA layer); without adapters ``"scale"``
+    changes nothing and is dropped from the key. When adapters are loaded, fused or removed the weights change: the component's
     artifacts and fingerprint are forgotten, so the next call builds for the new weights.
     """
 
@@ -230,14 +230,13 @@ class LoraTracker:
 class TupleCore(torch.nn.Module):
     """The compiled unit: calls the original forward with ``return_dict=False``, returns its tuple."""
 
-    def __init__(self, original: OriginalForward, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, original: OriginalForward) -> None:
         super().__init__()
         self.original = original
-        self._extra = dict(extra or {})
 
     def forward(self, **kwargs: Any) -> Any:
         kwargs.pop(LORA_KEY, None)
-        return tuple(self.original(**kwargs, **self._extra, return_dict=False))
+        return tuple(self.original(**kwargs, return_dict=False))
 
 
 class PassCore(torch.nn.Module):
