@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_demo_pipeline", "run_demo"]
+__all__ = ["build_demo_pipeline", "run_demo", "write_char_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
 
-def _write_tokenizer(folder: Path) -> None:
+def write_char_tokenizer(folder: Path) -> None:
     """A CLIP tokenizer over single characters (BPE without merges): enough for any ASCII prompt."""
     symbols = string.ascii_lowercase + string.digits + string.punctuation
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -51,7 +51,7 @@ def build_demo_pipeline(device: str = "cpu", dtype: Any = None, seed: int = 0):
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
     )
     with tempfile.TemporaryDirectory() as folder:
-        _write_tokenizer(Path(folder))
+        write_char_tokenizer(Path(folder))
         tokenizer = CLIPTokenizer(str(Path(folder) / "vocab.json"), str(Path(folder) / "merges.txt"),
                                   model_max_length=77)
     text_encoder = CLIPTextModel(CLIPTextConfig(

@@ -1,0 +1,128 @@
+"""Benchmark options and fixtures.
+
+Quick mode (the default): tiny models on the CPU (or the GPU when there is one), a handful of rounds:
+``pytest benchmarks/ --benchmark-only``. Full mode, on a GPU: ``--bench-size full --bench-json out.json``.
+Every run gets an empty inductor cache (set below, before torch compiles anything) and an empty engine
+cache, so first-call figures are cold compiles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_SCRATCH = Path(tempfile.mkdtemp(prefix="trt_runtime_bench_"))
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_SCRATCH / "inductor")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("trt_runtime benchmarks")
+    group.addoption("--bench-size", default="tiny", choices=("tiny", "full"),
+                    help="tiny models (quick, any machine) or full-size architectures (a GPU)")
+    group.addoption("--bench-device", default=None, help="cuda or cpu (default: cuda when available)")
+    group.addoption("--bench-cases", default="all", help="comma-separated case names, or 'all'")
+    group.addoption("--bench-rounds", type=int, default=None,
+                    help="interleaved timing rounds per case (default: 30 full, 5 tiny)")
+    group.addoption("--bench-warm-start", default="sd15_unet",
+                    help="cases whose warm start in a fresh process is measured: names, 'all' or 'none'")
+    group.addoption("--bench-settings", default="{}",
+                    help='RuntimeSettings overrides for the trt_runtime variant, JSON: \'{"cuda_graphs": true}\'')
+    group.addoption("--bench-json", default=None, help="write every figure to this JSON file (updated per case)")
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+def _selected(config, names) -> list[str]:
+    wanted = config.getoption("--bench-cases")
+    if wanted == "all":
+        return list(names)
+    chosen = [n for n in wanted.split(",") if n in names]
+    return chosen
+
+
+def pytest_generate_tests(metafunc):
+    from .cases import CASES
+    from .pipelines import PIPELINES
+
+    if "case_name" in metafunc.fixturenames:
+        metafunc.parametrize("case_name", _selected(metafunc.config, CASES), scope="session")
+    if "pipeline_name" in metafunc.fixturenames:
+        metafunc.parametrize("pipeline_name", _selected(metafunc.config, PIPELINES), scope="session")
+
+
+class Options:
+    """The run's options, resolved."""
+
+    def __init__(self, config) -> None:
+        import torch
+
+        self.size = config.getoption("--bench-size")
+        device = config.getoption("--bench-device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device)
+        self.rounds = config.getoption("--bench-rounds") or (30 if self.size == "full" else 5)
+        self.warm_start = config.getoption("--bench-warm-start")
+        self.settings: dict[str, Any] = json.loads(config.getoption("--bench-settings"))
+        self.scratch = _SCRATCH
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # the honest eager baseline
+
+    def dtype(self, preferred):
+        import torch
+
+        return preferred if self.device.type == "cuda" else torch.float32
+
+    def measures_warm_start(self, name: str) -> bool:
+        return self.warm_start == "all" or name in self.warm_start.split(",")
+
+
+class Recorder:
+    """Collects each case's figures; rewrites the JSON after every case, so a cut-off run keeps its rows."""
+
+    def __init__(self, path: str | None, options: Options) -> None:
+        from .harness import environment
+
+        self.path = Path(path) if path else None
+        self.data: dict[str, Any] = {"environment": environment(options.device), "size": options.size,
+                                     "settings": options.settings, "rounds": options.rounds, "cases": {}}
+
+    def record(self, name: str, figures: dict[str, Any]) -> None:
+        self.data["cases"].setdefault(name, {}).update(figures)
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1, default=str))
+            tmp.replace(self.path)
+
+
+@pytest.fixture(scope="session")
+def options(pytestconfig) -> Options:
+    logging.getLogger("trt_runtime").setLevel(logging.INFO)
+    return Options(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def recorder(pytestconfig, options) -> Recorder:
+    return Recorder(pytestconfig.getoption("--bench-json"), options)
+
+
+def time_with(benchmark, fn, device, rounds: int) -> None:
+    """pytest-benchmark's own timing of one variant (its table), the device synchronised per call."""
+    from .harness import sync
+
+    def step():
+        fn()
+        sync(device)
+
+    import torch
+
+    with torch.inference_mode():
+        benchmark.pedantic(step, rounds=rounds, warmup_rounds=1, iterations=1)

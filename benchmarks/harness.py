@@ -1,0 +1,213 @@
+"""Measuring: variants of one case prepared side by side, timed interleaved, compared to eager.
+
+Three variants run in one process on the same inputs: ``eager`` (with ``cudnn.benchmark`` on),
+``torch_compile`` (plain ``torch.compile`` of a copy, the way users do it) and ``trt_runtime`` (our
+wrapper on another copy, backend ``auto``). Timing alternates the variants round by round, so a drift of
+the GPU's clocks touches all of them alike; each figure is a median of per-call times taken with the
+device synchronised. ``trt_runtime`` is compiled first, with an empty engine cache and an empty inductor
+cache: its first call is the cold compile a user sees. ``torch_compile`` compiles second and may reuse
+inductor's on-disk entries of the same graphs, so its first-call time is not a cold figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cases import Case, build_case, flatten_output, variant_copy
+
+__all__ = ["Prepared", "prepare", "time_interleaved", "sync", "warm_start", "relative_error", "environment"]
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("eager", "torch_compile", "trt_runtime")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def relative_error(out: Any, ref: Any) -> float:
+    a, b = flatten_output(out), flatten_output(ref)
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+@dataclasses.dataclass
+class Prepared:
+    """The variants of one case, ready to call, with what was learnt while preparing them."""
+
+    case: Case
+    size: str
+    device: torch.device
+    dtype: torch.dtype
+    runs: dict[str, Callable[[], Any]]
+    figures: dict[str, Any]
+    runtime: Any
+    modules: list[torch.nn.Module]
+
+    def release(self) -> None:
+        self.runs.clear()
+        self.modules.clear()
+        torch._dynamo.reset()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _timed_first_call(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - start
+
+
+def _peak_extra_bytes(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Peak memory a call allocates above what is resident before it (weights, inputs, caches)."""
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def prepare(case: Case, size: str, device: torch.device, dtype: torch.dtype, cache_dir: Path,
+            settings: dict[str, Any] | None = None) -> Prepared:
+    """Build the module, its two copies, compile both; record first-call times, errors and memory."""
+    import trt_runtime
+
+    figures: dict[str, Any] = {"case": case.name, "title": case.title, "size": size, "device": str(device),
+                               "dtype": str(dtype).removeprefix("torch."), "note": case.note}
+    start = time.perf_counter()
+    eager = build_case(case, size, device, dtype)
+    figures["parameters"] = sum(p.numel() for p in eager.parameters())
+    figures["build_s"] = time.perf_counter() - start
+    inputs = case.inputs(size, device, dtype)
+    ours, plain = variant_copy(eager), variant_copy(eager)
+
+    runtime = trt_runtime.TensorRTRuntime(cache_dir=cache_dir, **(settings or {}))
+    case.wrap(ours, runtime)
+    plain = case.compile_plain(plain)
+    runs = {
+        "eager": lambda: case.call(eager, inputs),
+        "torch_compile": lambda: case.call(plain, inputs),
+        "trt_runtime": lambda: case.call(ours, inputs),
+    }
+    with torch.inference_mode():
+        reference, figures["eager_first_call_s"] = _timed_first_call(runs["eager"], device)
+        logger.info("[%s] compiling with trt_runtime (cold: empty engine and inductor caches)", case.name)
+        out, figures["trt_runtime_first_call_s"] = _timed_first_call(runs["trt_runtime"], device)
+        figures["trt_runtime_rel_error"] = relative_error(out, reference)
+        logger.info("[%s] compiling with plain torch.compile", case.name)
+        out, figures["torch_compile_first_call_s"] = _timed_first_call(runs["torch_compile"], device)
+        figures["torch_compile_rel_error"] = relative_error(out, reference)
+        for fn in runs.values():  # second calls: anything still lazy happens here, not in the timing
+            fn()
+        for name, fn in runs.items():
+            figures[f"{name}_peak_extra_bytes"] = _peak_extra_bytes(fn, device)
+    totals = runtime.stats.totals()
+    figures["trt_runtime_backend"] = sorted({row.backend for row in runtime.stats.rows()})
+    figures["trt_runtime_compiles"] = totals["compiles"]
+    figures["trt_runtime_fallbacks"] = totals["fallbacks"]
+    figures["weights_bytes"] = sum(p.numel() * p.element_size() for p in eager.parameters())
+    return Prepared(case, size, device, dtype, runs, figures, runtime, [eager, ours, plain])
+
+
+def time_interleaved(runs: dict[str, Callable[[], Any]], device: torch.device, rounds: int,
+                     min_seconds: float = 0.0) -> dict[str, list[float]]:
+    """Per-call seconds of each variant, the variants alternating round by round."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    start = time.perf_counter()
+    with torch.inference_mode():
+        done = 0
+        while done < rounds or time.perf_counter() - start < min_seconds:
+            order = list(runs.items()) if done % 2 == 0 else list(reversed(runs.items()))
+            for name, fn in order:
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[name].append(time.perf_counter() - t0)
+            done += 1
+            if done >= 10 * rounds:
+                break
+    return times
+
+
+def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
+    """Medians, speedups over eager, and our wrapper's overhead over plain torch.compile."""
+    med = {name: statistics.median(values) for name, values in times.items()}
+    out: dict[str, Any] = {f"{name}_median_s": value for name, value in med.items()}
+    out["rounds"] = len(next(iter(times.values())))
+    for name in ("torch_compile", "trt_runtime"):
+        if name in med:
+            out[f"{name}_speedup"] = med["eager"] / med[name]
+    if "torch_compile" in med and "trt_runtime" in med:
+        out["trt_runtime_overhead"] = med["trt_runtime"] / med["torch_compile"] - 1.0
+        # per-round ratio, median: robust to a slow round touching one variant only
+        pairs = [a / b - 1.0 for a, b in zip(times["trt_runtime"], times["torch_compile"], strict=True)]
+        out["trt_runtime_overhead_paired"] = statistics.median(pairs)
+    return out
+
+
+def warm_start(case: Case, size: str, device: torch.device, dtype: torch.dtype, cache_dir: Path,
+               scratch: Path) -> dict[str, Any]:
+    """First call in a fresh Python process that finds the engine cache but an empty inductor cache."""
+    inductor = scratch / f"inductor-warm-{case.name}"
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(inductor), TRT_CACHE_DIR=str(cache_dir))
+    command = [sys.executable, "-m", "benchmarks.warm_start", case.name, "--size", size, "--device", str(device),
+               "--dtype", str(dtype).removeprefix("torch.")]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        logger.warning("warm start of %s failed:\n%s", case.name, proc.stderr[-3000:])
+        return {"warm_start_error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["warm_start_process_s"] = wall
+    return result
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    import platform
+
+    import diffusers
+    import transformers
+
+    import trt_runtime
+
+    env: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__, "trt_runtime": trt_runtime.__version__,
+        "device": str(device), "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    else:
+        env["cpu_threads"] = torch.get_num_threads()
+    return env

@@ -1,0 +1,53 @@
+"""Warm start, run as its own process: ``python -m benchmarks.warm_start CASE --size full``.
+
+Builds the case's module, wraps it with trt_runtime (cache dir from ``TRT_CACHE_DIR``) and times the first
+call, which should load the artifact a previous process stored instead of compiling. Prints one JSON line:
+``warm_start_s`` (first call: lookup, load and run), ``warm_start_build_s`` (building the module, the same
+with or without trt_runtime), and the runtime's counters (``loads`` 1 and ``compiles`` 0 when it worked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from .cases import CASES, build_case
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("--size", default="full", choices=("full", "tiny"))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="float16")
+    args = parser.parse_args(argv)
+
+    import trt_runtime
+
+    if args.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    case = CASES[args.case]
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    start = time.perf_counter()
+    module = build_case(case, args.size, device, dtype)
+    inputs = case.inputs(args.size, device, dtype)
+    build_s = time.perf_counter() - start
+    runtime = trt_runtime.TensorRTRuntime()
+    case.wrap(module, runtime)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        case.call(module, inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    first = time.perf_counter() - start
+    totals = runtime.stats.totals()
+    print(json.dumps({"warm_start_s": first, "warm_start_build_s": build_s, "warm_start_loads": totals["loads"],
+                      "warm_start_compiles": totals["compiles"], "warm_start_fallbacks": totals["fallbacks"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
