@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils import _pytree as pytree
 
 from trt_runtime import ConfigurationError, TensorRTRuntime
 from trt_runtime.backends import _FACTORIES, register_backend
@@ -255,3 +256,143 @@ def test_inductor_sd_pipeline(cache_dir):
         np.testing.assert_allclose(_run(pipe, _SIZE), want, atol=1e-4)
     totals = runtime.stats.totals()
     assert totals["compiles"] == compiles and totals["fallbacks"] == 0
+
+
+# ------------------------------------------------------------------------------------------ shape ranges
+class _DynamicExportBackend(ExportBackend):
+    """``ExportBackend`` that also builds declared ranges (the shared one refuses them): one
+    ``torch.export`` program with dynamic dims serves every size inside the range, which is what a
+    TensorRT engine with an optimization profile does. Records what each build was asked for."""
+
+    name = "dynexport"
+
+    def __init__(self) -> None:
+        self.builds: list[tuple[str, dict[str, tuple[int, ...]]]] = []
+
+    def compile(self, request):
+        self.builds.append((request.component, {path: tuple(sorted(dims)) for path, dims in request.dynamic.items()}))
+        if not request.dynamic:
+            return super().compile(request)
+        assert not request.args, "the component wrappers call their core with keywords only"
+        leaves = [(".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), leaf)
+                  for path, leaf in pytree.tree_flatten_with_path(dict(request.kwargs))[0]]
+        tensors = [(path, leaf) for path, leaf in leaves if isinstance(leaf, torch.Tensor)]
+        dynamic = tuple(
+            {i: torch.export.Dim.DYNAMIC(min=d.min, max=d.max) for i, d in request.dynamic.get(path, {}).items()}
+            or None for path, _ in tensors
+        )
+        flat = _FlatKeywords(request.module, dict(request.kwargs))
+        program = torch.export.export(flat, tuple(t for _, t in tensors), dynamic_shapes=(dynamic,), strict=False)
+        module = program.module()
+
+        def run(**kwargs):
+            return module(*[leaf for leaf in pytree.tree_leaves(kwargs) if isinstance(leaf, torch.Tensor)])
+
+        return run
+
+
+class _FlatKeywords(torch.nn.Module):
+    """A keyword call as ``forward(*tensors)`` (non-tensor values fixed as traced), for ``dynamic_shapes``."""
+
+    def __init__(self, module: torch.nn.Module, kwargs: dict) -> None:
+        super().__init__()
+        self.inner = module
+        self._leaves, self._tree = pytree.tree_flatten(kwargs)
+        self._slots = [i for i, leaf in enumerate(self._leaves) if isinstance(leaf, torch.Tensor)]
+
+    def forward(self, *tensors):
+        leaves = list(self._leaves)
+        for index, tensor in zip(self._slots, tensors, strict=True):
+            leaves[index] = tensor
+        return self.inner(**pytree.tree_unflatten(leaves, self._tree))
+
+
+@pytest.fixture
+def ranged(cache_dir):
+    """(runtime, backend) on ``_DynamicExportBackend``."""
+    backend = _DynamicExportBackend()
+    register_backend("dynexport", lambda: backend)
+    try:
+        yield TensorRTRuntime(backend="dynexport", cache_dir=cache_dir, persist=False), backend
+    finally:
+        _FACTORIES.pop("dynexport", None)
+
+
+def _compiles(runtime) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in runtime.stats.rows():
+        counts[row.component] = counts.get(row.component, 0) + row.compiles
+    return counts
+
+
+# The tiny VAE downsamples 2x: 32..64 px is latent 16..32 (SD1.5's 512..1024 px is latent 64..128).
+_LATENT = (16, 24, 32)
+_SD_SHAPES = {"unet": {"sample": {2: _LATENT, 3: _LATENT}}, "vae.decoder": {"sample": {2: _LATENT, 3: _LATENT}}}
+
+
+def _sized(px: int, **extra) -> dict:
+    return dict(prompt=PROMPT, height=px, width=px, **extra)
+
+
+def test_declared_range_serves_resolutions_inside_it(ranged):
+    runtime, backend = ranged
+    pipe = tm.sd_pipeline()
+    want = {px: _run(pipe, _sized(px)) for px in (32, 48)}
+    wrap_pipeline(pipe, runtime=runtime, vae=True, shapes=_SD_SHAPES)
+    for px in (32, 48, 32):
+        np.testing.assert_allclose(_run(pipe, _sized(px)), want[px], atol=1e-4)
+    assert _compiles(runtime) == {"unet": 1, "vae.decoder": 1}
+    assert sorted(backend.builds) == [("unet", {"sample": (2, 3)}), ("vae.decoder", {"sample": (2, 3)})]
+    totals = runtime.stats.totals()
+    assert totals["fallbacks"] == 0 and totals["failed"] == 0
+
+
+def test_resolution_outside_the_range_gets_an_exact_shape_artifact(ranged):
+    runtime, backend = ranged
+    pipe = tm.sd_pipeline()
+    want = {px: _run(pipe, _sized(px)) for px in (32, 80)}  # 80 px: latent 40 > 32
+    wrap_pipeline(pipe, runtime=runtime, shapes=_SD_SHAPES)
+    np.testing.assert_allclose(_run(pipe, _sized(32)), want[32], atol=1e-4)
+    np.testing.assert_allclose(_run(pipe, _sized(80)), want[80], atol=1e-4)
+    assert _compiles(runtime) == {"unet": 2, "vae.decoder": 2}
+    assert backend.builds[2:] == [("unet", {}), ("vae.decoder", {})]  # outside: static, its own key
+    np.testing.assert_allclose(_run(pipe, _sized(32)), want[32], atol=1e-4)  # the ranged one still serves 32
+    assert _compiles(runtime) == {"unet": 2, "vae.decoder": 2}
+    assert runtime.stats.totals()["fallbacks"] == 0
+
+
+@pytest.mark.parametrize("shapes, match", [
+    ({"unet": _SD_SHAPES["unet"], "vae.decodr": {"sample": {2: (16, 32)}}},
+     r"'vae.decodr'.*valid names: vae.encoder, vae.decoder, unet, controlnet;"),
+    ({"controlnet.0": {"sample": {2: (16, 32)}}}, "'controlnet.0'"),  # a single ControlNet has no nets
+    ({"text_encoder": {"input_ids": {0: (1, 4)}}}, "'text_encoder'"),  # text encoders are off by default
+    ({"unet": _SD_SHAPES["unet"], "vae.decoder": {"z": {2: (16, 32)}}}, r"'z'.*paths start with one of: sample"),
+])
+def test_bad_shapes_raise_and_install_nothing(ranged, shapes, match):
+    runtime, _ = ranged
+    pipe = tm.sd_pipeline("StableDiffusionControlNetPipeline", controlnet=tm.sd_controlnet())
+    with pytest.raises(ConfigurationError, match=match):
+        wrap_pipeline(pipe, runtime=runtime, shapes=shapes)
+    modules = [pipe.unet, pipe.vae.encoder, pipe.vae.decoder, pipe.controlnet, pipe.text_encoder]
+    assert not any(installed(m) for m in modules) and wrapped_components(pipe) == {}
+    wrap_pipeline(pipe, runtime=runtime, shapes={"unet": _SD_SHAPES["unet"]})  # nothing was left behind
+
+
+def test_controlnet_range_applies_to_each_net(ranged):
+    runtime, backend = ranged
+    pipe = tm.sd_pipeline("StableDiffusionControlNetPipeline", controlnet=_multi_controlnet())
+    inputs = {px: dict(image=[_image(), _image(2)], controlnet_conditioning_scale=[0.7, 0.4], **_sized(px))
+              for px in (32, 48)}
+    want = {px: _run(pipe, inputs[px]) for px in inputs}
+    net = {"sample": {2: _LATENT, 3: _LATENT}, "controlnet_cond": {2: (32, 64), 3: (32, 64)}}
+    narrow = {"sample": {2: (16, 20), 3: (16, 20)}, "controlnet_cond": {2: (32, 40), 3: (32, 40)}}
+    wrap_pipeline(pipe, runtime=runtime, unet=False, vae=False, shapes={"controlnet": net, "controlnet.1": narrow})
+    assert {name: comp.spec is not None for name, comp in wrapped_components(pipe).items()} == {
+        "controlnet.0": True, "controlnet.1": True}
+    for px in (32, 48, 32):
+        np.testing.assert_allclose(_run(pipe, inputs[px]), want[px], atol=1e-4)
+    # net 0 takes the shared range (one artifact for both sizes); net 1 its own, which 48 px is outside
+    assert _compiles(runtime) == {"controlnet.0": 1, "controlnet.1": 2}
+    assert [b for b in backend.builds if b[0] == "controlnet.0"] == [
+        ("controlnet.0", {"sample": (2, 3), "controlnet_cond": (2, 3)})]
+    assert runtime.stats.totals()["fallbacks"] == 0

@@ -7,6 +7,7 @@ import torch
 from diffusers.models.controlnets.controlnet import ControlNetOutput
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
+from trt_runtime import ConfigurationError
 from trt_runtime.modules.base import installed
 from trt_runtime.modules.controlnet import apply_controlnet
 
@@ -88,3 +89,20 @@ def test_multi_controlnet_wraps_each_net(runtime):
     assert _compiles(runtime) == 2
     wrapped.remove()
     assert not any(installed(n) for n in nets)
+
+
+def test_multi_controlnet_shapes_apply_to_each_net(runtime):
+    multi = MultiControlNetModel([tm.sd_controlnet(seed=1), tm.sd_controlnet(seed=2), tm.sd_controlnet(seed=3)])
+    shared = {"sample": {2: (8, 32)}}
+    own = {"sample": {2: (8, 16)}}
+    wrapped = apply_controlnet(multi, runtime=runtime, shapes=shared, net_shapes={1: own})
+    specs = {name: comp.spec["sample"][2].max for name, comp in wrapped.components.items()}
+    assert specs == {"controlnet.0": 32, "controlnet.1": 16, "controlnet.2": 32}
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_net_shapes_for_missing_nets_are_refused(runtime, multi):
+    net = MultiControlNetModel([tm.sd_controlnet(seed=1)]) if multi else tm.sd_controlnet()
+    with pytest.raises(ConfigurationError, match=r"net_shapes names nets \[1\]"):
+        apply_controlnet(net, runtime=runtime, net_shapes={1: {"sample": {2: (8, 32)}}})
+    assert not any(installed(m) for m in net.modules())

@@ -148,3 +148,8 @@ def test_unannotated_model_is_refused(runtime):
     assert not is_supported_text_encoder(Plain())
     with pytest.raises(ConfigurationError, match="ModelOutput"):
         apply_text_encoder(Plain(), runtime=runtime)
+
+
+def test_shapes_reach_the_component(runtime):
+    wrapped = apply_text_encoder(tm.clip_text_encoder(), runtime=runtime, shapes={"input_ids": {0: (1, 4)}})
+    assert wrapped.components["text_encoder"].spec["input_ids"][0].max == 4

@@ -7,7 +7,7 @@ import torch
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
-from trt_runtime import ConfigurationError
+from trt_runtime import ConfigurationError, Dim
 from trt_runtime.modules.base import installed
 from trt_runtime.modules.vae import apply_vae
 
@@ -139,3 +139,23 @@ def test_unsupported_autoencoder_is_refused(runtime):
     with pytest.raises(ConfigurationError, match="not a supported VAE"):
         apply_vae(vae, runtime=runtime)
     assert installed(vae.encoder) is None
+
+
+def test_shapes_per_part(runtime):
+    vae = tm.vae_kl()
+    latent = (8, 16, 32)
+    wrapped = apply_vae(vae, runtime=runtime, decoder_shapes={"sample": {2: latent, 3: latent}})
+    assert wrapped.components["vae.encoder"].spec is None
+    spec = wrapped.components["vae.decoder"].spec
+    assert spec["sample"][2] == Dim("sample_2", 8, 32, 16) and set(spec["sample"]) == {2, 3}
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(decoder=False, decoder_shapes={"sample": {2: (8, 32)}}), "decoder_shapes given"),
+    (dict(decoder_shapes={"z": {2: (8, 32)}}), "'z' names no argument of Decoder.forward"),
+])
+def test_bad_part_shapes_install_nothing(runtime, kwargs, match):
+    vae = tm.vae_kl()
+    with pytest.raises(ConfigurationError, match=match):
+        apply_vae(vae, runtime=runtime, **kwargs)
+    assert installed(vae.encoder) is None and installed(vae.decoder) is None

@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from ..errors import ConfigurationError
 from ..runtime import Component, TensorRTRuntime, get_default_runtime
 from ..settings import RuntimeSettings
+from ..shapes import Dim, DimLike, normalize_spec
 
-__all__ = ["TensorRTModule", "OriginalForward", "install", "uninstall", "installed", "make_component",
-           "positional_names"]
+__all__ = ["TensorRTModule", "OriginalForward", "SpecLike", "install", "uninstall", "installed",
+           "make_component", "positional_names", "check_shapes"]
 
 _ATTR = "_trt_runtime_component"
+
+SpecLike = Mapping[str, Mapping[int, DimLike]]
+"""A shape spec as users write it: argument path -> {dimension index: ``Dim``, ``(min, max)`` or
+``(min, opt, max)``} (see ``trt_runtime.shapes``)."""
 
 
 def positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
@@ -39,25 +46,61 @@ def positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
     )
 
 
+def check_shapes(
+    module: torch.nn.Module, shapes: SpecLike | None, name: str
+) -> dict[str, dict[int, Dim]] | None:
+    """``shapes`` normalized (see ``normalize_spec``), after checking that every path starts with an
+    argument of ``type(module).forward``.
+
+    Why: a path that names no argument never matches a call, so the declared range would silently do
+    nothing and every resolution would compile on its own (``AutoencoderKL.decode(z)`` calls
+    ``decoder(sample)``: the decoder's path is ``"sample"``, not ``"z"``). Forwards that take
+    ``**kwargs`` accept any name and are not checked; ``args0``... address extra positional arguments
+    of a forward with ``*args``.
+    """
+    spec = normalize_spec(shapes)
+    if spec is None:
+        return None
+    try:
+        params = [p for p in inspect.signature(type(module).forward).parameters.values() if p.name != "self"]
+    except (TypeError, ValueError):
+        return spec
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return spec
+    names = [p.name for p in params if p.kind != p.VAR_POSITIONAL]
+    var_positional = any(p.kind == p.VAR_POSITIONAL for p in params)
+    for path in spec:
+        root = path.split(".", 1)[0]
+        if root in names or (var_positional and re.fullmatch(r"args\d+", root)):
+            continue
+        raise ConfigurationError(
+            f"shape spec path {path!r} names no argument of {type(module).__name__}.forward",
+            component=name, hint=f"paths start with one of: {', '.join(names)}",
+        )
+    return spec
+
+
 def make_component(
     module: torch.nn.Module,
     *,
     runtime: TensorRTRuntime | None = None,
     name: str | None = None,
-    shapes: dict | None = None,
+    shapes: SpecLike | None = None,
     eager: Callable[..., Any] | None = None,
     settings: RuntimeSettings | dict | None = None,
 ) -> Component:
-    """A runtime ``Component`` for ``module``; ``settings`` overrides the runtime's for this one."""
+    """A runtime ``Component`` for ``module``; ``settings`` overrides the runtime's for this one, and
+    ``shapes`` declares dimension ranges that one artifact serves (checked by ``check_shapes``)."""
     runtime = runtime or get_default_runtime()
+    name = name or type(module).__name__
     if isinstance(settings, dict):
         settings = runtime.settings.replace(**settings)
     return runtime.component(
-        name or type(module).__name__,
+        name,
         module,
         eager=eager,
         names=positional_names(type(module).forward),
-        shapes=shapes,
+        shapes=check_shapes(module, shapes, name),
         settings=settings,
     )
 
@@ -131,7 +174,7 @@ class TensorRTModule(torch.nn.Module):
         module: torch.nn.Module,
         runtime: TensorRTRuntime | None = None,
         name: str | None = None,
-        shapes: dict | None = None,
+        shapes: SpecLike | None = None,
         **settings: Any,
     ) -> None:
         super().__init__()

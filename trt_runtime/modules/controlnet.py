@@ -16,12 +16,14 @@ inside the graph and keyed by value.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from ..errors import ConfigurationError
 from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, make_component
+from .base import OriginalForward, SpecLike, make_component
 from .transformer import (
     CallBinder,
     LoraTracker,
@@ -43,15 +45,34 @@ def apply_controlnet(
     *,
     runtime: TensorRTRuntime | None = None,
     name: str = "controlnet",
+    shapes: SpecLike | None = None,
+    net_shapes: Mapping[int, SpecLike] | None = None,
     settings: dict | None = None,
 ) -> Wrapped:
-    """Install the runtime on a ControlNet, or on each net of a ``MultiControlNetModel``."""
+    """Install the runtime on a ControlNet, or on each net of a ``MultiControlNetModel``.
+
+    ``shapes`` declares the ranges one artifact serves (``sample`` in latent pixels, ``controlnet_cond``
+    in image pixels) and applies to every net of a ``MultiControlNetModel``; ``net_shapes`` replaces it
+    for single nets by index (``{1: {...}}``: ``controlnet.1`` takes that spec, the others ``shapes``).
+    ``net_shapes`` with an index that names no net raises ``ConfigurationError``.
+    """
     nets = getattr(controlnet, "nets", None)
-    if isinstance(nets, torch.nn.ModuleList):
+    is_multi = isinstance(nets, torch.nn.ModuleList)
+    count = len(nets) if is_multi else 0
+    bad = sorted(set(net_shapes or ()) - set(range(count)), key=str)
+    if bad:
+        has = f"nets 0..{count - 1}" if is_multi else "no nets (it is a single ControlNet)"
+        raise ConfigurationError(
+            f"net_shapes names nets {bad}; {type(controlnet).__name__} has {has}", component=name,
+            hint="per-net specs are for a MultiControlNetModel; shapes= applies to every net",
+        )
+    if is_multi:
         wrapped = Wrapped({}, [])
         try:
             for index, net in enumerate(nets):
-                part = apply_controlnet(net, runtime=runtime, name=f"{name}.{index}", settings=settings)
+                spec = (net_shapes or {}).get(index, shapes)
+                part = apply_controlnet(net, runtime=runtime, name=f"{name}.{index}", shapes=spec,
+                                        settings=settings)
                 wrapped.components.update(part.components)
                 wrapped.modules.extend(part.modules)
         except BaseException:
@@ -61,15 +82,15 @@ def apply_controlnet(
     if not _is_controlnet_model(controlnet):
         logger.info("[%s] %s: conditioning_scale stays inside the graph (generic wrapper)",
                     name, type(controlnet).__name__)
-        return wrap_module(controlnet, runtime=runtime, name=name, settings=settings)
-    return _apply_one(controlnet, runtime, name, settings)
+        return wrap_module(controlnet, runtime=runtime, name=name, shapes=shapes, settings=settings)
+    return _apply_one(controlnet, runtime, name, settings, shapes)
 
 
 def _is_controlnet_model(module: torch.nn.Module) -> bool:
     return any(cls.__name__ == "ControlNetModel" for cls in type(module).__mro__)
 
 
-def _apply_one(net: torch.nn.Module, runtime, name: str, settings) -> Wrapped:
+def _apply_one(net: torch.nn.Module, runtime, name: str, settings, shapes) -> Wrapped:
     from diffusers.models.controlnets.controlnet import ControlNetOutput
 
     check_offload(net, name)
@@ -77,7 +98,7 @@ def _apply_one(net: torch.nn.Module, runtime, name: str, settings) -> Wrapped:
     holder: dict[str, Component] = {}
 
     def make_forward(original: OriginalForward):
-        component = make_component(net, runtime=runtime, name=name, eager=TupleCore(original),
+        component = make_component(net, runtime=runtime, name=name, shapes=shapes, eager=TupleCore(original),
                                    settings=settings)
         holder[name] = component
         lora = LoraTracker(net, component)

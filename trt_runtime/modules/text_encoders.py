@@ -28,7 +28,7 @@ import torch
 
 from ..errors import ConfigurationError
 from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, make_component
+from .base import OriginalForward, SpecLike, make_component
 from .transformer import LORA_KEY, CallBinder, LoraTracker, Wrapped, attach, check_offload, output_class
 
 __all__ = ["apply_text_encoder", "is_supported_text_encoder"]
@@ -78,9 +78,13 @@ def apply_text_encoder(
     *,
     runtime: TensorRTRuntime | None = None,
     name: str = "text_encoder",
+    shapes: SpecLike | None = None,
     settings: dict | None = None,
 ) -> Wrapped:
-    """Install the runtime on a transformers text encoder, in place (class, config, dtype unchanged)."""
+    """Install the runtime on a transformers text encoder, in place (class, config, dtype unchanged).
+
+    ``shapes`` declares ranges one artifact serves, e.g. ``{"input_ids": {0: (1, 4)}}`` for the batch
+    size. Transformers forwards take ``**kwargs``, so argument names are not checked here."""
     from transformers.utils import ModelOutput
 
     forward_fn = type(model).forward
@@ -96,8 +100,8 @@ def apply_text_encoder(
     holder: dict[str, Component] = {}
 
     def make_forward(original: OriginalForward):
-        component = make_component(model, runtime=runtime, name=name, eager=_FieldsCore(original),
-                                   settings=settings)
+        component = make_component(model, runtime=runtime, name=name, shapes=shapes,
+                                   eager=_FieldsCore(original), settings=settings)
         holder[name] = component
         lora = LoraTracker(model, component)
 

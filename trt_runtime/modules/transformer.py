@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigurationError
 from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, install, installed, make_component, uninstall
+from .base import OriginalForward, SpecLike, install, installed, make_component, uninstall
 
 __all__ = ["Wrapped", "apply_transformer", "wrap_module", "attach", "detach", "CallBinder", "LoraTracker",
            "output_class"]
@@ -257,7 +257,7 @@ def wrap_module(
     *,
     runtime: TensorRTRuntime | None = None,
     name: str | None = None,
-    shapes: dict | None = None,
+    shapes: SpecLike | None = None,
     settings: dict | None = None,
 ) -> Wrapped:
     """The generic wrapper: any module, in place, its calls passed through unchanged (``return_dict``
@@ -285,7 +285,7 @@ def apply_transformer(
     *,
     runtime: TensorRTRuntime | None = None,
     name: str = "transformer",
-    shapes: dict | None = None,
+    shapes: SpecLike | None = None,
     settings: dict | None = None,
 ) -> Wrapped:
     """Wrap a diffusers transformer (SD3, Flux, HunyuanVideo, or any with a ``return_dict`` forward

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, make_component
+from .base import OriginalForward, SpecLike, make_component
 from .transformer import CallBinder, LoraTracker, TupleCore, Wrapped, attach, check_offload, scalar_to_tensor
 
 __all__ = ["apply_unet"]
@@ -32,14 +32,16 @@ def apply_unet(
     *,
     runtime: TensorRTRuntime | None = None,
     name: str = "unet",
-    shapes: dict | None = None,
+    shapes: SpecLike | None = None,
     settings: dict | None = None,
 ) -> Wrapped:
     """Install the runtime on ``unet`` (a ``UNet2DConditionModel`` or one with its calling convention).
 
     The object keeps its class, config, dtype and device; ``unet(...)`` returns a
     ``UNet2DConditionOutput`` (or ``(sample,)`` with ``return_dict=False``) as before.
-    Returns a ``Wrapped``; ``.remove()`` restores the original forward.
+    ``shapes`` declares ranges one artifact serves, by forward argument (``{"sample": {2: (64, 128),
+    3: (64, 128)}}``); with ControlNet, the residual paths (``down_block_additional_residuals.0``...)
+    vary with the resolution too. Returns a ``Wrapped``; ``.remove()`` restores the original forward.
     """
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigurationError
 from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, make_component
+from .base import OriginalForward, SpecLike, make_component
 from .transformer import CallBinder, PassCore, Wrapped, attach, check_offload, detach
 
 __all__ = ["apply_vae", "SUPPORTED_VAES"]
@@ -44,10 +44,17 @@ def apply_vae(
     name: str = "vae",
     encoder: bool = True,
     decoder: bool = True,
+    encoder_shapes: SpecLike | None = None,
+    decoder_shapes: SpecLike | None = None,
     settings: dict | None = None,
 ) -> Wrapped:
     """Install the runtime on ``vae.encoder`` and/or ``vae.decoder`` (components ``vae.encoder``,
-    ``vae.decoder``). Raises ``ConfigurationError`` for autoencoders not in ``SUPPORTED_VAES``."""
+    ``vae.decoder``). Raises ``ConfigurationError`` for autoencoders not in ``SUPPORTED_VAES``.
+
+    ``encoder_shapes`` / ``decoder_shapes`` declare the ranges one artifact of each part serves. Both
+    parts take their input as ``sample``: images for the encoder, latents for the decoder (what
+    ``decode(z)`` passes on), e.g. ``decoder_shapes={"sample": {2: (64, 128), 3: (64, 128)}}``.
+    A spec for a part that is not wrapped raises ``ConfigurationError``."""
     kind = next((cls.__name__ for cls in type(vae).__mro__ if cls.__name__ in SUPPORTED_VAES), None)
     if kind is None:
         raise ConfigurationError(
@@ -55,15 +62,20 @@ def apply_vae(
             component=name, hint="its encoder/decoder may carry state between calls; leave it eager (vae=False) "
             "or wrap a pure submodule with TensorRTModule",
         )
+    specs = {"encoder": encoder_shapes, "decoder": decoder_shapes}
     parts = [(part, getattr(vae, part, None)) for part, wanted in (("encoder", encoder), ("decoder", decoder))
              if wanted]
+    for part, spec in specs.items():
+        if spec and not any(p == part and isinstance(m, torch.nn.Module) for p, m in parts):
+            raise ConfigurationError(f"{part}_shapes given, but {name}.{part} is not wrapped", component=name,
+                                     hint=f"drop {part}_shapes or wrap the {part} ({part}=True)")
     wrapped = Wrapped({}, [])
     try:
         for part, module in parts:
             if not isinstance(module, torch.nn.Module):
                 continue
             check_offload(module, f"{name}.{part}")
-            wrapped.components.update(_wrap_part(module, f"{name}.{part}", runtime, settings))
+            wrapped.components.update(_wrap_part(module, f"{name}.{part}", runtime, settings, specs[part]))
             wrapped.modules.append(module)
     except BaseException:
         for module in wrapped.modules:
@@ -72,13 +84,13 @@ def apply_vae(
     return wrapped
 
 
-def _wrap_part(module: torch.nn.Module, name: str, runtime, settings) -> dict[str, Component]:
+def _wrap_part(module: torch.nn.Module, name: str, runtime, settings, shapes) -> dict[str, Component]:
     binder = CallBinder(type(module).forward)
     holder: dict[str, Component] = {}
 
     def make_forward(original: OriginalForward):
-        component = make_component(module, runtime=runtime, name=name, eager=PassCore(original),
-                                   settings=settings)
+        component = make_component(module, runtime=runtime, name=name, shapes=shapes,
+                                   eager=PassCore(original), settings=settings)
         holder[name] = component
 
         def forward(*args: Any, **kwargs: Any) -> Any:
