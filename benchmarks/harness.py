@@ -151,6 +151,22 @@ def time_interleaved(runs: dict[str, Callable[[], Any]], device: torch.device, r
     return times
 
 
+def time_blocks(runs: dict[str, Callable[[], Any]], device: torch.device, calls: int) -> dict[str, list[float]]:
+    """Per-call seconds with each variant called ``calls`` times in a row, the blocks in order A B C C B A
+    (what pytest-benchmark does, and what a generation does: the same module step after step)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for name in [*runs, *reversed(runs)]:
+            fn = runs[name]
+            for _ in range(calls):
+                sync(device)
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
     """Medians, speedups over eager, and our wrapper's overhead over plain torch.compile."""
     med = {name: statistics.median(values) for name, values in times.items()}
