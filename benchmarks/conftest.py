@@ -35,6 +35,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-settings", default="{}",
                     help='RuntimeSettings overrides for the trt_runtime variant, JSON: \'{"cuda_graphs": true}\'')
     group.addoption("--bench-json", default=None, help="write every figure to this JSON file (updated per case)")
+    group.addoption("--bench-variants", default="eager,torch_compile,trt_runtime",
+                    help="comma-separated variants to run beside eager (eager always runs: it is the reference)")
 
 
 def pytest_unconfigure(config):
@@ -72,6 +74,8 @@ class Options:
         self.warm_start = config.getoption("--bench-warm-start")
         self.settings: dict[str, Any] = json.loads(config.getoption("--bench-settings"))
         self.scratch = _SCRATCH
+        chosen = set(config.getoption("--bench-variants").split(","))
+        self.variants = tuple(v for v in ("eager", "torch_compile", "trt_runtime") if v == "eager" or v in chosen)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # the honest eager baseline
 
@@ -114,7 +118,7 @@ def recorder(pytestconfig, options) -> Recorder:
     return Recorder(pytestconfig.getoption("--bench-json"), options)
 
 
-def time_with(benchmark, fn, device, rounds: int) -> None:
+def time_with(benchmark, fn, device, rounds: int, warmup_rounds: int = 1) -> None:
     """pytest-benchmark's own timing of one variant (its table), the device synchronised per call."""
     from .harness import sync
 
@@ -125,4 +129,4 @@ def time_with(benchmark, fn, device, rounds: int) -> None:
     import torch
 
     with torch.inference_mode():
-        benchmark.pedantic(step, rounds=rounds, warmup_rounds=1, iterations=1)
+        benchmark.pedantic(step, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)

@@ -89,8 +89,9 @@ def _peak_extra_bytes(fn: Callable[[], Any], device: torch.device) -> int | None
 
 
 def prepare(case: Case, size: str, device: torch.device, dtype: torch.dtype, cache_dir: Path,
-            settings: dict[str, Any] | None = None) -> Prepared:
-    """Build the module, its two copies, compile both; record first-call times, errors and memory."""
+            settings: dict[str, Any] | None = None, variants: tuple[str, ...] = VARIANTS) -> Prepared:
+    """Build the module and a copy per variant (sharing its weights), compile them; record first-call
+    times, errors and memory."""
     import trt_runtime
 
     figures: dict[str, Any] = {"case": case.name, "title": case.title, "size": size, "device": str(device),
@@ -100,24 +101,22 @@ def prepare(case: Case, size: str, device: torch.device, dtype: torch.dtype, cac
     figures["parameters"] = sum(p.numel() for p in eager.parameters())
     figures["build_s"] = time.perf_counter() - start
     inputs = case.inputs(size, device, dtype)
-    ours, plain = variant_copy(eager), variant_copy(eager)
-
     runtime = trt_runtime.TensorRTRuntime(cache_dir=cache_dir, **(settings or {}))
-    case.wrap(ours, runtime)
-    plain = case.compile_plain(plain)
-    runs = {
-        "eager": lambda: case.call(eager, inputs),
-        "torch_compile": lambda: case.call(plain, inputs),
-        "trt_runtime": lambda: case.call(ours, inputs),
-    }
+    modules = {"eager": eager}
+    if "trt_runtime" in variants:
+        modules["trt_runtime"] = variant_copy(eager)
+        case.wrap(modules["trt_runtime"], runtime)
+    if "torch_compile" in variants:
+        modules["torch_compile"] = case.compile_plain(variant_copy(eager))
+    runs = {name: (lambda m=module: case.call(m, inputs)) for name, module in modules.items()}
     with torch.inference_mode():
         reference, figures["eager_first_call_s"] = _timed_first_call(runs["eager"], device)
-        logger.info("[%s] compiling with trt_runtime (cold: empty engine and inductor caches)", case.name)
-        out, figures["trt_runtime_first_call_s"] = _timed_first_call(runs["trt_runtime"], device)
-        figures["trt_runtime_rel_error"] = relative_error(out, reference)
-        logger.info("[%s] compiling with plain torch.compile", case.name)
-        out, figures["torch_compile_first_call_s"] = _timed_first_call(runs["torch_compile"], device)
-        figures["torch_compile_rel_error"] = relative_error(out, reference)
+        for name in ("trt_runtime", "torch_compile"):  # ours first: its compile is the cold one
+            if name not in runs:
+                continue
+            logger.info("[%s] compiling with %s", case.name, name)
+            out, figures[f"{name}_first_call_s"] = _timed_first_call(runs[name], device)
+            figures[f"{name}_rel_error"] = relative_error(out, reference)
         for fn in runs.values():  # second calls: anything still lazy happens here, not in the timing
             fn()
         for name, fn in runs.items():
@@ -127,7 +126,7 @@ def prepare(case: Case, size: str, device: torch.device, dtype: torch.dtype, cac
     figures["trt_runtime_compiles"] = totals["compiles"]
     figures["trt_runtime_fallbacks"] = totals["fallbacks"]
     figures["weights_bytes"] = sum(p.numel() * p.element_size() for p in eager.parameters())
-    return Prepared(case, size, device, dtype, runs, figures, runtime, [eager, ours, plain])
+    return Prepared(case, size, device, dtype, runs, figures, runtime, list(modules.values()))
 
 
 def time_interleaved(runs: dict[str, Callable[[], Any]], device: torch.device, rounds: int,

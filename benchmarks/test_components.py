@@ -31,13 +31,13 @@ def prepared(case_name, options, recorder):
     case = CASES[case_name]
     dtype = options.dtype(case.dtype)
     cache = options.scratch / "engines" / case_name
-    ready = prepare(case, options.size, options.device, dtype, cache, options.settings)
+    ready = prepare(case, options.size, options.device, dtype, cache, options.settings, options.variants)
     interleaved = time_interleaved(ready.runs, options.device, options.rounds)
     ready.figures.update(summarize(interleaved))
     blocks = time_blocks(ready.runs, options.device, max(2, options.rounds // 2))
     ready.figures.update({f"blocks_{k}": v for k, v in summarize(blocks).items()})
     ready.figures["raw_seconds"] = {"interleaved": interleaved, "blocks": blocks}
-    if options.measures_warm_start(case_name):
+    if options.measures_warm_start(case_name) and "trt_runtime" in ready.runs:
         ready.figures.update(warm_start(case, options.size, options.device, dtype, cache, options.scratch))
         cold = ready.figures["trt_runtime_first_call_s"]
         if "warm_start_s" in ready.figures:
@@ -49,6 +49,8 @@ def prepared(case_name, options, recorder):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_component_step(benchmark, prepared, variant, options):
+    if variant not in prepared.runs:
+        pytest.skip(f"variant {variant} not selected (--bench-variants)")
     figures = prepared.figures
     benchmark.group = prepared.case.name
     benchmark.extra_info.update({k: v for k, v in figures.items() if (k.startswith(variant) or "_" not in k) and k != "raw_seconds"})
