@@ -66,7 +66,7 @@ def pipelines(pipeline_name, options, recorder):
     recorder.record(pipeline_name, figures)
     if options.device.type == "cuda":
         figures["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(options.device)
-    figures.update(summarize(time_interleaved(runs, options.device, max(2, options.rounds // 10))))
+    figures.update(summarize(time_interleaved(runs, options.device, max(2, options.rounds // 20))))
     recorder.record(pipeline_name, figures)
     _CURRENT.update(runs=runs, figures=figures)
     yield _CURRENT

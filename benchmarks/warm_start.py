@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     build_s = time.perf_counter() - start
     runtime = trt_runtime.TensorRTRuntime()
     case.wrap(module, runtime)
+    loading = _time_artifact_loading()
     start = time.perf_counter()
     with torch.inference_mode():
         case.call(module, inputs)
@@ -45,8 +46,37 @@ def main(argv: list[str] | None = None) -> int:
     first = time.perf_counter() - start
     totals = runtime.stats.totals()
     print(json.dumps({"warm_start_s": first, "warm_start_build_s": build_s, "warm_start_loads": totals["loads"],
-                      "warm_start_compiles": totals["compiles"], "warm_start_fallbacks": totals["fallbacks"]}))
+                      "warm_start_compiles": totals["compiles"], "warm_start_fallbacks": totals["fallbacks"],
+                      "warm_start_load_artifacts_s": sum(loading), "warm_start_phases": _phases()}))
     return 0
+
+
+def _time_artifact_loading() -> list[float]:
+    """Seconds spent in ``torch.compiler.load_cache_artifacts`` (what the inductor backend's load does
+    before dynamo runs), to tell unpacking the artifact apart from tracing and kernel loading."""
+    seconds: list[float] = []
+    original = torch.compiler.load_cache_artifacts
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    torch.compiler.load_cache_artifacts = timed
+    return seconds
+
+
+def _phases() -> dict[str, float]:
+    """Dynamo's own per-phase compile seconds (tracing, AOT autograd, inductor), summed over frames."""
+    try:
+        from torch._dynamo.utils import compile_times
+
+        names, values = compile_times(repr="csv", aggregate=True)
+        return {name: float(value) for name, value in zip(names, values, strict=False)}
+    except Exception as err:  # noqa: BLE001 - diagnostics only
+        return {"unavailable": str(err)}
 
 
 if __name__ == "__main__":
