@@ -17,16 +17,30 @@ ORDER = ("sd15_unet", "sdxl_unet", "vae_decoder_512", "vae_decoder_1024", "clip_
 
 
 def load(paths: list[Path]) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Rows by case; a run with non-default settings (``--bench-settings``) gets rows of its own,
+    named ``case [setting=value]``, so it never replaces the default figures."""
     rows: dict[str, dict[str, Any]] = {}
     environments = []
     for path in paths:
-        if path.name.endswith("-pytest-benchmark.json"):
+        if path.suffix != ".json" or path.name.endswith("-pytest-benchmark.json"):
             continue
         data = json.loads(path.read_text())
-        environments.append(dict(data.get("environment", {}), file=path.name, settings=data.get("settings")))
+        settings = data.get("settings") or {}
+        environments.append(dict(data.get("environment", {}), file=path.name, settings=settings))
+        label = ", ".join(f"{k}={v}" for k, v in sorted(settings.items()))
         for name, figures in data.get("cases", {}).items():
-            rows[name] = dict(figures, source=path.name)
+            key = f"{name} [{label}]" if label else name
+            title = figures.get("title", name) + (f" [{label}]" if label else "")
+            rows[key] = dict(figures, title=title, case=name, source=path.name)
     return rows, environments
+
+
+def _order(rows: dict[str, dict[str, Any]]) -> list[str]:
+    def rank(key: str) -> tuple[int, str]:
+        case = rows[key].get("case", key)
+        return (ORDER.index(case) if case in ORDER else len(ORDER), key)
+
+    return sorted(rows, key=rank)
 
 
 def _ms(value: float | None) -> str:
@@ -49,12 +63,20 @@ def _mib(value: float | None) -> str:
     return "–" if value is None else f"{value / 2**20:,.0f}"
 
 
+def _host(r: dict[str, Any]) -> str:
+    host, step = r.get("trt_runtime_wrapper_host_us"), r.get("trt_runtime_median_s")
+    if host is None or host != host or not step:
+        return "–"
+    return f"{host:.0f} ({host * 1e-6 / step * 100:.2f}%)"
+
+
 def table(rows: dict[str, dict[str, Any]]) -> str:
+    """One row per case: medians of interleaved per-call times, ratios taken within the same run."""
     head = ("| Case | eager ms | torch.compile ms | trt_runtime ms | speedup vs eager | torch.compile speedup "
-            "| wrapper overhead vs torch.compile | first call (cold) s | warm start s (of cold) "
-            "| peak extra MiB eager / ours | rel. error |")
+            "| trt_runtime vs torch.compile | wrapper host µs (% of step) | first call (cold) s "
+            "| warm start s (of cold) | peak extra MiB eager / ours | rel. error |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for name in sorted(rows, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+    for name in _order(rows):
         r = rows[name]
         if "eager_median_s" not in r:
             continue
@@ -63,7 +85,7 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {r.get('title', name)} | {_ms(r['eager_median_s'])} | {_ms(r.get('torch_compile_median_s'))} "
             f"| {_ms(r.get('trt_runtime_median_s'))} | {_x(r.get('trt_runtime_speedup'))} "
-            f"| {_x(r.get('torch_compile_speedup'))} | {_pct(r.get('trt_runtime_overhead_paired'))} "
+            f"| {_x(r.get('torch_compile_speedup'))} | {_pct(r.get('trt_runtime_overhead'))} | {_host(r)} "
             f"| {_s(r.get('trt_runtime_first_call_s'))} | {warm_text} "
             f"| {_mib(r.get('eager_peak_extra_bytes'))} / {_mib(r.get('trt_runtime_peak_extra_bytes'))} "
             f"| {r.get('trt_runtime_rel_error', float('nan')):.1e} |"
@@ -73,9 +95,10 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
 
 def svg(rows: dict[str, dict[str, Any]]) -> str:
     """Horizontal bars: speedup over eager of torch.compile and of trt_runtime, per case."""
-    names = [n for n in sorted(rows, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER))
-             if "trt_runtime_speedup" in rows[n]]
-    top, bar, gap, left, width = 40, 12, 10, 330, 420
+    names = [n for n in _order(rows) if "trt_runtime_speedup" in rows[n]]
+    labels = {n: _escape(rows[n].get("title", n)[:72]) for n in names}
+    top, bar, gap, width = 40, 12, 10, 420
+    left = max(330, 20 + 7 * max((len(label) for label in labels.values()), default=0))  # ~7 px a character
     peak = max([2.0] + [max(rows[n].get("torch_compile_speedup", 0), rows[n]["trt_runtime_speedup"]) for n in names])
     scale = width / peak
     height = top + len(names) * (2 * bar + gap) + 40
@@ -89,7 +112,7 @@ def svg(rows: dict[str, dict[str, Any]]) -> str:
     y = top
     for n in names:
         r = rows[n]
-        out.append(f'<text x="{left - 6}" y="{y + bar + 4}" text-anchor="end">{r.get("title", n)[:48]}</text>')
+        out.append(f'<text x="{left - 6}" y="{y + bar + 4}" text-anchor="end">{labels[n]}</text>')
         for value, colour in ((r.get("torch_compile_speedup"), "#9aa5b1"), (r["trt_runtime_speedup"], "#2f7d32")):
             if value:
                 out.append(f'<rect x="{left}" y="{y}" width="{value * scale:.1f}" height="{bar}" fill="{colour}"/>'
@@ -101,6 +124,10 @@ def svg(rows: dict[str, dict[str, Any]]) -> str:
                f'<text x="{one + 3:.1f}" y="{y + 14}" fill="#c62828">1x (eager)</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def main(argv: list[str] | None = None) -> int:
