@@ -88,9 +88,12 @@ class RuntimeSettings:
 
     # --- shared by compilers ----------------------------------------------------------------------------
     channels_last: bool = False
-    """Run convolutional models in channels-last memory format (helps cuDNN/TensorRT on NVIDIA GPUs)."""
+    """Inductor only: run 4-D inputs and weights in channels-last memory format. Measured on an H100 with the
+    SD1.5 UNet: no effect (inductor picks convolution layouts itself). TensorRT picks its own layouts."""
     cuda_graphs: bool = False
-    """Replay compiled work through CUDA graphs (static shapes only)."""
+    """Replay each compiled step as a CUDA graph (inductor ``reduce-overhead``; TensorRT
+    ``enable_cudagraphs``), static shapes per key. Outputs are overwritten by the next call with the same
+    shapes: clone one you keep across calls. Measured on an H100: SD1.5 UNet step 10.0 ms instead of 24.7 ms."""
 
     # --- tensorrt (torch_tensorrt.dynamo) ---------------------------------------------------------------
     optimization_level: int | None = None
