@@ -27,9 +27,11 @@ def pytest_addoption(parser):
     group.addoption("--bench-size", default="tiny", choices=("tiny", "full"),
                     help="tiny models (quick, any machine) or full-size architectures (a GPU)")
     group.addoption("--bench-device", default=None, help="cuda or cpu (default: cuda when available)")
-    group.addoption("--bench-cases", default="all", help="comma-separated case names, or 'all'")
+    group.addoption("--bench-cases", default="default",
+                    help="comma-separated case names, 'all', or 'default' (all at full size; a representative "
+                    "quick set of tiny cases otherwise)")
     group.addoption("--bench-rounds", type=int, default=None,
-                    help="interleaved timing rounds per case (default: 30 full, 5 tiny)")
+                    help="interleaved timing rounds per case (default: 100 full, 5 tiny)")
     group.addoption("--bench-warm-start", default="sd15_unet",
                     help="cases whose warm start in a fresh process is measured: names, 'all' or 'none'")
     group.addoption("--bench-settings", default="{}",
@@ -43,12 +45,25 @@ def pytest_unconfigure(config):
     shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
+QUICK_CASES = ("sd15_unet", "vae_decoder_512", "clip_l", "sd15_pipeline")
+"""What the quick tiny mode runs by default: one case of each kind (a UNet with its warm start, a VAE, a
+text encoder, a whole pipeline), about a minute on two CPU cores. ``--bench-cases all`` runs every case."""
+
+
 def _selected(config, names) -> list[str]:
     wanted = config.getoption("--bench-cases")
+    if wanted == "default":
+        wanted = "all" if config.getoption("--bench-size") == "full" else ",".join(QUICK_CASES)
     if wanted == "all":
         return list(names)
-    chosen = [n for n in wanted.split(",") if n in names]
-    return chosen
+    from .cases import CASES
+    from .pipelines import PIPELINES
+
+    known = [*CASES, *PIPELINES]
+    unknown = [n for n in wanted.split(",") if n not in known]
+    if unknown:
+        raise pytest.UsageError(f"--bench-cases: unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return [n for n in wanted.split(",") if n in names]
 
 
 def pytest_generate_tests(metafunc):

@@ -27,7 +27,8 @@ def pipelines(pipeline_name, options, recorder):
 
     _CURRENT.clear()
     torch._dynamo.reset()
-    torch.cuda.empty_cache() if options.device.type == "cuda" else None
+    if options.device.type == "cuda":
+        torch.cuda.empty_cache()
     case = PIPELINES[pipeline_name]
     dtype = options.dtype(case.dtype)
     figures = {"case": pipeline_name, "title": case.title, "size": options.size, "steps": case.steps[options.size],

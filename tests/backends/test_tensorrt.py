@@ -45,8 +45,10 @@ def test_auto_skips_tensorrt_with_one_info_line(no_torch_tensorrt, caplog):
     caplog.set_level(logging.INFO, logger="trt_runtime")
     backend = select_backend("auto", None)
     assert backend.name == "inductor"
-    lines = [r.getMessage() for r in caplog.records if "tensorrt unavailable" in r.getMessage()]
-    assert len(lines) == 1 and "trt-runtime[tensorrt]" in lines[0], lines
+    lines = [r.getMessage() for r in caplog.records if r.name == "trt_runtime.backends"]
+    assert len(lines) == 1, lines
+    assert "selected inductor" in lines[0] and "tensorrt unavailable" in lines[0], lines
+    assert "trt-runtime[tensorrt]" in lines[0], lines
 
 
 def test_no_cuda_is_unavailable(standin, monkeypatch):

@@ -54,15 +54,19 @@ def select_backend(name: str, device: torch.device | None) -> Backend:
         backend = get_backend(name)
         backend.check_available(device)
         return backend
+    skipped = []
     for candidate in ("tensorrt", "inductor"):
         try:
             backend = get_backend(candidate)
             backend.check_available(device)
         except ImportError as err:  # BackendUnavailableError is an ImportError
             reason = err.message if isinstance(err, BackendUnavailableError) else str(err)
-            logger.info("backend 'auto': %s unavailable (%s); trying the next one", candidate, reason)
+            skipped.append(f"{candidate} unavailable: {reason}")
             continue
-        logger.info("backend 'auto' selected %s for device %s", candidate, device or "cpu")
-        return backend
-    logger.info("backend 'auto': no compiler available; running eagerly")
-    return get_backend("eager")
+        break
+    else:
+        backend = get_backend("eager")
+    # one line per decision: what was chosen and why each better candidate was not
+    logger.info("backend 'auto' selected %s for device %s%s", backend.name, device or "cpu",
+                f" ({'; '.join(skipped)})" if skipped else "")
+    return backend
