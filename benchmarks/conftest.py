@@ -32,8 +32,10 @@ def pytest_addoption(parser):
                     "quick set of tiny cases otherwise)")
     group.addoption("--bench-rounds", type=int, default=None,
                     help="interleaved timing rounds per case (default: 100 full, 5 tiny)")
-    group.addoption("--bench-warm-start", default="sd15_unet",
-                    help="cases whose warm start in a fresh process is measured: names, 'all' or 'none'")
+    group.addoption("--bench-warm-start", default="default",
+                    help="cases whose warm start in a fresh process is measured: names, 'all', 'none' or "
+                    "'default' (sd15_unet on a GPU; none on a CPU, where inductor's cache artifacts carry no "
+                    "compiled C++ kernels, so a fresh process rebuilds them and the figure says little)")
     group.addoption("--bench-settings", default="{}",
                     help='RuntimeSettings overrides for the trt_runtime variant, JSON: \'{"cuda_graphs": true}\'')
     group.addoption("--bench-json", default=None, help="write every figure to this JSON file (updated per case)")
@@ -88,6 +90,8 @@ class Options:
         # per-call times on the GPU machine spread by a quarter: a 2% difference needs many rounds
         self.rounds = config.getoption("--bench-rounds") or (100 if self.size == "full" else 5)
         self.warm_start = config.getoption("--bench-warm-start")
+        if self.warm_start == "default":
+            self.warm_start = "sd15_unet" if self.device.type == "cuda" else "none"
         self.settings: dict[str, Any] = json.loads(config.getoption("--bench-settings"))
         self.scratch = _SCRATCH
         chosen = set(config.getoption("--bench-variants").split(","))
