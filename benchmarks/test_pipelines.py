@@ -29,6 +29,7 @@ def pipelines(pipeline_name, options, recorder):
     torch._dynamo.reset()
     if options.device.type == "cuda":
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(options.device)  # the peak below is this case's, not the session's
     case = PIPELINES[pipeline_name]
     dtype = options.dtype(case.dtype)
     figures = {"case": pipeline_name, "title": case.title, "size": options.size, "steps": case.steps[options.size],
