@@ -60,6 +60,8 @@ class Prepared:
     figures: dict[str, Any]
     runtime: Any
     modules: list[torch.nn.Module]
+    components: list[Any] = dataclasses.field(default_factory=list)
+    """Our variant's runtime components (their CUDA graphs are measured)."""
 
     def release(self) -> None:
         self.runs.clear()
@@ -139,7 +141,8 @@ def prepare(case: Case, size: str, device: torch.device, dtype: torch.dtype, cac
     figures["trt_runtime_compiles"] = totals["compiles"]
     figures["trt_runtime_fallbacks"] = totals["fallbacks"]
     figures["weights_bytes"] = sum(p.numel() * p.element_size() for p in eager.parameters())
-    return Prepared(case, size, device, dtype, runs, figures, runtime, list(modules.values()))
+    components = list(wrapped.components.values()) if wrapped is not None else []
+    return Prepared(case, size, device, dtype, runs, figures, runtime, list(modules.values()), components)
 
 
 def decompose(wrapped: Any, run: Callable[[], Any], calls: int = 2000) -> tuple[Callable[[], Any] | None, float]:
@@ -185,6 +188,24 @@ def graph_replay(wrapped: Any) -> Callable[[], Any] | None:
     if len(graphs) != 1:
         return None
     return graphs[0]._launch
+
+
+def graph_memory(ready: Prepared) -> int | None:
+    """GPU memory our CUDA graphs hold (their pools: the activations of one call per captured shape),
+    measured by dropping them; they are captured again by the next call."""
+    if ready.device.type != "cuda" or ready.runtime is None:
+        return None
+    components = [c for c in ready.components if len(c.graphs)]
+    if not components:
+        return 0
+    sync(ready.device)
+    gc.collect()
+    before = torch.cuda.memory_reserved(ready.device)
+    for component in components:
+        component.graphs.clear()
+    gc.collect()
+    torch.cuda.empty_cache()
+    return before - torch.cuda.memory_reserved(ready.device)
 
 
 def time_interleaved(runs: dict[str, Callable[[], Any]], device: torch.device, rounds: int,

@@ -215,6 +215,9 @@ class _Job:
         return fn(*self.request.args, **self.request.kwargs)
 
     def ready(self, fn: Callable[..., Any], output: Any, source: str | None, **counters: Any) -> Resolution:
+        chosen = self.backend.artifact_meta(fn).get("fastest")
+        if chosen:
+            counters["backend"] = f"{self.backend.name}:{chosen['chosen']}"
         row = self.runtime.stats.record(self.comp.name, self.key, state=State.READY.value, error=None,
                                         phases=self.phases, **counters)
         self.phases = {}
@@ -298,7 +301,7 @@ class _Job:
         if (settings.validate or self.revalidate) and not self._validate(output):
             return self.failed(None, ValidationError)
         if self.persisting:
-            meta = {**self.meta, "compile_seconds": round(seconds, 3)}
+            meta = {**self.meta, "compile_seconds": round(seconds, 3), **self.backend.artifact_meta(fn)}
             try:
                 with _phase(self.phases, "save"):
                     entry = self.cache.write(self.key, meta, lambda folder: self.backend.save(fn, self.request, folder))

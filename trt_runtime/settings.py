@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 CACHE_DIR_ENV = "TRT_CACHE_DIR"
-BACKENDS = ("auto", "tensorrt", "inductor", "eager")
+BACKENDS = ("auto", "tensorrt", "inductor", "eager", "fastest")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _INDUCTOR_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DIGESTS = ("sample", "full")
@@ -51,7 +51,8 @@ class RuntimeSettings:
     # --- runtime -------------------------------------------------------------------------------------
     backend: str = "auto"
     """``auto`` (tensorrt when importable and CUDA is present, else inductor), ``tensorrt``,
-    ``inductor`` or ``eager``."""
+    ``inductor``, ``eager``, or ``fastest`` (build every backend that can run, time them on the real call,
+    keep the fastest and record the choice in the cache: slow first build, for ``trt-runtime build``)."""
     cache_dir: str | None = None
     """Engine cache folder; else ``$TRT_CACHE_DIR``; else the platform's user cache dir."""
     persist: bool = True

@@ -25,6 +25,7 @@ _BUILTIN = {
     "eager": ("trt_runtime.backends.eager", "EagerBackend"),
     "inductor": ("trt_runtime.backends.inductor", "InductorBackend"),
     "tensorrt": ("trt_runtime.backends.tensorrt", "TensorRTBackend"),
+    "fastest": ("trt_runtime.backends.fastest", "FastestBackend"),
 }
 
 

@@ -81,6 +81,10 @@ class Backend(abc.ABC):
         """An artifact like ``compiled`` computing with ``request.module``'s current weights."""
         raise NotImplementedError(f"backend {self.name!r} cannot refit artifacts")
 
+    def artifact_meta(self, compiled: Callable[..., Any]) -> dict[str, Any]:
+        """Readable facts about an artifact for its ``meta.json`` (``trt-runtime cache info`` shows them)."""
+        return {}
+
     def versions(self) -> dict[str, str]:
         """Library versions that make an artifact valid (they enter the cache key)."""
         return {}
