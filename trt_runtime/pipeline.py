@@ -12,8 +12,10 @@ accelerate's hook, after the module was moved to the execution device). Sequenti
 group offloading keep weights away from the module while it runs; wrapping such a pipeline raises
 ``ConfigurationError`` naming the component and the conflicting option, and nothing is installed.
 
-Shape ranges (``shapes=``) are declared per runtime component name, the names ``wrapped_components``
-reports, and handed to that family's ``apply_*``; they are checked before anything is installed.
+Shape ranges are declared per runtime component name (the names ``wrapped_components`` reports), by
+hand (``shapes=``) or from the resolutions and batch sizes to serve (``resolutions=``, ``batch_sizes=``,
+translated per model family by ``ranges.py``), handed to that family's ``apply_*`` and checked before
+anything is installed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .modules.text_encoders import apply_text_encoder, is_supported_text_encoder
 from .modules.transformer import apply_transformer, wrap_module
 from .modules.unet import apply_unet
 from .modules.vae import SUPPORTED_VAES, apply_vae
+from .ranges import declared_ranges
 from .runtime import TensorRTRuntime, get_default_runtime
 
 __all__ = ["wrap_pipeline", "unwrap_pipeline", "wrapped_components"]
@@ -62,6 +65,8 @@ def wrap_pipeline(
     controlnet: bool = True,
     runtime: TensorRTRuntime | None = None,
     shapes: Mapping[str, SpecLike] | None = None,
+    resolutions: Any = None,
+    batch_sizes: Any = None,
     **settings: Any,
 ) -> Any:
     """Wrap ``pipe``'s components in place and return ``pipe``.
@@ -70,26 +75,38 @@ def wrap_pipeline(
     to the components wrapped here, on top of ``runtime``'s (default: the process-wide runtime).
     Text encoders are off by default: they run once per prompt, so compiling them rarely pays.
 
-    ``shapes`` declares dimension ranges, so that one artifact serves every resolution or batch size
-    inside them instead of one build per exact shape. Keys are runtime component names: ``unet``,
-    ``transformer``, ``vae.decoder``, ``vae.encoder``, ``controlnet`` (every net of a
-    ``MultiControlNetModel``; ``controlnet.0``, ``controlnet.1``... replace it for one net),
-    ``text_encoder``, ``text_encoder_2``... Values are shape specs for that component's forward:
-    argument path -> {dimension index: ``Dim``, ``(min, max)`` or ``(min, opt, max)``}; ``opt`` is the
-    size TensorRT tunes for. SD1.5 at 512..1024 px, whose VAE downsamples 8x (latents 64..128)::
+    Without ranges, every new resolution or batch size compiles its own artifact. To serve many with one
+    artifact per component, say what you serve::
 
-        latent = (64, 96, 128)  # min, opt (768 px), max
+        wrap_pipeline(pipe, resolutions=(512, 1024), batch_sizes=(1, 4))
+
+    ``resolutions``: image sizes in pixels, for height and width alike (``(512, 1024)``: 512 to 1024), or
+    ``(height, width)`` pairs (``[(512, 768), (1024, 1024)]``); ``batch_sizes``: images per call (prompts
+    x ``num_images_per_prompt``). Ranges are declared for the UNet, ControlNets, the VAE's encoder and
+    decoder, and the SD3 and Flux transformers, in the steps each model takes (SD1.5's UNet: latents in
+    steps of 8, so images in steps of 64 px) and with the batch of every input that shares it
+    (``trt_runtime/ranges.py`` says how). Sizes between the bounds that are off the step, and sizes
+    outside them, still run: each compiles its own artifact, as without ranges.
+
+    ``shapes`` declares ranges by hand, per runtime component name, and replaces what ``resolutions`` /
+    ``batch_sizes`` declare for that component. Keys: ``unet``, ``transformer``, ``vae.decoder``,
+    ``vae.encoder``, ``controlnet`` (every net of a ``MultiControlNetModel``; ``controlnet.0``,
+    ``controlnet.1``... replace it for one net), ``text_encoder``, ``text_encoder_2``... Values are shape
+    specs for that component's forward: argument path -> {dimension index: ``Dim``, ``(min, max)`` or
+    ``(min, opt, max)``}; ``opt`` is the size TensorRT tunes for. SD1.5 at 512..1024 px, whose VAE
+    downsamples 8x (latents 64..128) and whose UNet needs latents in steps of 8::
+
+        h, w = Dim("h", 64, 128, multiple_of=8), Dim("w", 64, 128, multiple_of=8)
+        batch = Dim("batch", 1, 8)
         wrap_pipeline(pipe, shapes={
-            "unet": {"sample": {2: latent, 3: latent}},
-            "vae.decoder": {"sample": {2: latent, 3: latent}},  # decode(z) passes z as ``sample``
+            "unet": {"sample": {0: batch, 2: h, 3: w}, "encoder_hidden_states": {0: batch}},
+            "vae.decoder": {"sample": {2: h, 3: w}},  # decode(z) passes z as ``sample``
         })
 
-    A call whose sizes fall outside a range gets an exact-shape artifact of its own, as without
-    ``shapes``. The backend must be able to build the range; a build that fails is remembered for that
-    key, which then runs eagerly (``runtime.summary()`` shows it). With a ControlNet, the UNet's
-    residual inputs (``down_block_additional_residuals.0``...) change with the resolution too and need
-    ranges of their own. A key that names no component wrapped here (or a path that names no argument
-    of its forward) raises ``ConfigurationError`` before anything is installed.
+    A call whose sizes fall outside a range gets an exact-shape artifact of its own. The backend must be
+    able to build the range; a build that fails is remembered for that key, which then runs eagerly
+    with one warning (``runtime.summary()`` shows it). A key that names no component wrapped here (or a
+    path that names no argument of its forward) raises ``ConfigurationError`` before anything is installed.
     """
     if getattr(pipe, _RECORD, None):
         raise ConfigurationError("this pipeline is already wrapped", hint="call unwrap_pipeline(pipe) first")
@@ -116,7 +133,7 @@ def wrap_pipeline(
         check_offload(module, name)
     if shapes is not None and not isinstance(shapes, Mapping):
         raise ConfigurationError(f"shapes must map component names to shape specs, got {type(shapes).__name__}")
-    shapes = dict(shapes or {})
+    shapes = {**_declared(pipe, plan, resolutions, batch_sizes), **(shapes or {})}
     _check_shapes(shapes, plan)
 
     overrides = dict(settings) or None
@@ -152,6 +169,16 @@ def _targets(family: str, name: str, module: torch.nn.Module) -> dict[str, list[
     if family == "text_encoders" and not is_supported_text_encoder(module):
         return {}
     return {name: [module]}
+
+
+def _declared(pipe: Any, plan: list[tuple[str, str, torch.nn.Module]], resolutions: Any,
+              batch_sizes: Any) -> dict[str, SpecLike]:
+    """The ranges ``resolutions`` / ``batch_sizes`` stand for (``ranges.py``), for components wrapped here."""
+    if resolutions is None and batch_sizes is None:
+        return {}
+    targets = {key for name, family, module in plan for key in _targets(family, name, module)}
+    declared = declared_ranges(pipe, plan, resolutions, batch_sizes)
+    return {key: spec for key, spec in declared.items() if key in targets}
 
 
 def _check_shapes(shapes: dict[str, SpecLike], plan: list[tuple[str, str, torch.nn.Module]]) -> None:

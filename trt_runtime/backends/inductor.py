@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..calls import dtype_of, iter_tensors
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, EngineBuildError
+from ..shapes import constraint_hint, first_lines
 from .base import Backend, CompileRequest
 
 __all__ = ["InductorBackend"]
@@ -89,9 +90,7 @@ class InductorBackend(Backend):
         settings = request.settings
         _raise_recompile_limit(settings.max_shapes_per_component)
         if request.dynamic:
-            for path, tensor in iter_tensors(request.args, request.kwargs, request.names):
-                for index, dim in request.dynamic.get(path, {}).items():
-                    torch._dynamo.mark_dynamic(tensor, index, min=dim.min, max=dim.max)
+            _mark_dynamic(request)
         kwargs = {"fullgraph": settings.fullgraph, "dynamic": None if request.dynamic else False}
         if settings.inductor_options:
             kwargs["options"] = dict(settings.inductor_options)
@@ -130,7 +129,14 @@ class _Recorded:
         from torch.compiler._cache import CacheArtifactManager
 
         with CacheArtifactManager.with_fresh_cache():
-            out = self.fn(*args, **kwargs)
+            try:
+                out = self.fn(*args, **kwargs)
+            except Exception as err:
+                hint = constraint_hint(err)
+                if hint is None:
+                    raise
+                raise EngineBuildError(f"torch.compile refused the declared shape range: {type(err).__name__}: "
+                                       f"{first_lines(err)}", hint=hint) from err
             saved = torch.compiler.save_cache_artifacts()
         self.delta = saved[0] if saved else None
         self._first = False
@@ -139,6 +145,36 @@ class _Recorded:
 
 _SAVED: list[bytes] = []
 """Every delta this process wrote, for an entry whose own delta is empty."""
+
+
+def _mark_dynamic(request: CompileRequest) -> None:
+    """Tell dynamo which dims of the example call vary, and how.
+
+    A dim of step 1 whose symbol no other step shares gets its range (``mark_dynamic(min=, max=)``):
+    dynamo then refuses, at compile time, a module that cannot take every size in it. A dim with a step
+    (``multiple_of``) or derived from another (``h * 8``) is marked without a range: dynamo has no way to
+    say "multiples of 8", and with a range it would reject the very guards the step exists for (``h % 2
+    == 0``). The cache key admits only sizes inside the declared range and step, so no other size
+    reaches this artifact.
+
+    Dynamo specializes a size of 1 whatever is declared (and raises if it was marked): an example of
+    size 1 is left unmarked, so the artifact is compiled for 1, and the first call of another size in
+    the range recompiles it for the range inside the same process (dynamo's automatic dynamic shapes);
+    that second graph is not part of the entry, so a later process compiles it again. Make the first
+    call (or ``trt-runtime build``) use a size above 1 to get one graph for the whole range.
+    """
+    marks = []
+    steps: dict[str, set[int]] = {}
+    for path, tensor in iter_tensors(request.args, request.kwargs, request.names):
+        for index, dim in request.dynamic.get(path, {}).items():
+            if index < tensor.dim() and dim.contains(int(tensor.shape[index])) and tensor.shape[index] != 1:
+                marks.append((tensor, index, dim))
+                steps.setdefault(dim.symbol, set()).add(dim.multiple_of)
+    for tensor, index, dim in marks:
+        if steps[dim.symbol] == {1}:
+            torch._dynamo.mark_dynamic(tensor, index, min=dim.min, max=dim.max)
+        else:
+            torch._dynamo.mark_dynamic(tensor, index)
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
