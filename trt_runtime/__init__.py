@@ -3,19 +3,17 @@
     from trt_runtime import wrap_pipeline
     wrap_pipeline(pipe, unet=True, vae=True)
 
-Importing the package does no work: no CUDA query, no torch_tensorrt import, no environment read.
-Names below load their module on first access.
+Importing the package does no work: no CUDA query, no torch_tensorrt import, no environment read, no
+logging setup (the first ``TensorRTRuntime`` adds a stderr handler for warnings; ``set_verbosity``
+changes what it shows). Names below load their module on first access.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-
-logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "RuntimeSettings": "trt_runtime.settings",
@@ -28,6 +26,15 @@ _EXPORTS = {
     "register_backend": "trt_runtime.backends",
     "wrap_pipeline": "trt_runtime.pipeline",
     "unwrap_pipeline": "trt_runtime.pipeline",
+    "wrapped_components": "trt_runtime.pipeline",
+    "set_verbosity": "trt_runtime.logging_utils",
+    "get_verbosity": "trt_runtime.logging_utils",
+    "set_verbosity_debug": "trt_runtime.logging_utils",
+    "set_verbosity_info": "trt_runtime.logging_utils",
+    "set_verbosity_warning": "trt_runtime.logging_utils",
+    "set_verbosity_error": "trt_runtime.logging_utils",
+    "enable_default_handler": "trt_runtime.logging_utils",
+    "disable_default_handler": "trt_runtime.logging_utils",
     "TrtRuntimeError": "trt_runtime.errors",
     "ConfigurationError": "trt_runtime.errors",
     "BackendUnavailableError": "trt_runtime.errors",
@@ -67,8 +74,18 @@ if TYPE_CHECKING:  # pragma: no cover
         UnkeyableInputError,
         ValidationError,
     )
+    from .logging_utils import (
+        disable_default_handler,
+        enable_default_handler,
+        get_verbosity,
+        set_verbosity,
+        set_verbosity_debug,
+        set_verbosity_error,
+        set_verbosity_info,
+        set_verbosity_warning,
+    )
     from .modules.base import TensorRTModule
-    from .pipeline import unwrap_pipeline, wrap_pipeline
+    from .pipeline import unwrap_pipeline, wrap_pipeline, wrapped_components
     from .runtime import TensorRTRuntime, get_default_runtime
     from .settings import RuntimeSettings, resolve_cache_dir
     from .shapes import Dim

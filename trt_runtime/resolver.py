@@ -35,6 +35,7 @@ from .backends import Backend, CompileRequest
 from .cache import FAILED, READY
 from .calls import short_shapes, tensor_shapes
 from .errors import CacheError, ConfigurationError, EngineBuildError, TrtRuntimeError, ValidationError
+from .logging_utils import event
 from .settings import default_tolerance
 from .state import State
 from .validation import relative_error
@@ -261,6 +262,8 @@ class _Job:
             return None
         started = time.perf_counter()
         refits = 0
+        logger.debug("[%s] loading %s", comp.name, entry.path, extra=event(
+            "load_start", comp.name, backend=self.backend.name, shapes=short_shapes(self.shapes)))
         try:
             with _phase(self.phases, "load"):
                 fn = self.backend.load(self.request, entry.path)
@@ -272,20 +275,24 @@ class _Job:
                 output = self._call(fn)
         except Exception as err:  # noqa: BLE001 - an artifact that does not load is a miss
             logger.warning("[%s] cached artifact %s could not be loaded (%s: %s); building it again",
-                           comp.name, entry.path, type(err).__name__, err)
+                           comp.name, entry.path, type(err).__name__, err,
+                           extra=event("load_end", comp.name, ok=False))
             return None
         if self.revalidate and not self._validate(output):
             return Resolution(State.FAILED, self.key, error=self.row.error, output=NOTHING)
         seconds = time.perf_counter() - started
         self.cache.touch(entry)
         message = None if quiet else f"loaded {self.backend.name} artifact from {entry.path} in {seconds:.2f} s"
+        logger.debug("[%s] loaded", comp.name, extra=event("load_end", comp.name, seconds=seconds, ok=True))
         return self.ready(fn, output, message, loads=1, load_seconds=seconds, calls=1, refits=refits)
 
     # ------------------------------------------------------------------------------------------ build
     def build(self) -> Resolution:
         runtime, comp, settings = self.runtime, self.comp, self.request.settings
+        shapes = short_shapes(self.shapes)
         logger.info("[%s] compiling with %s for input shapes %s (key %s); this can take minutes",
-                    comp.name, self.backend.name, short_shapes(self.shapes), self.key[:12])
+                    comp.name, self.backend.name, shapes, self.key[:12],
+                    extra=event("build_start", comp.name, backend=self.backend.name, shapes=shapes))
         started = time.perf_counter()
         try:
             with _Progress(comp.name, self.backend.name, settings.progress_interval_s), \
@@ -297,21 +304,25 @@ class _Job:
         except Exception as err:  # noqa: BLE001 - every build failure is classified below
             return self.failed(err, EngineBuildError)
         seconds = time.perf_counter() - started
-        logger.info("[%s] compiled in %.1f s", comp.name, seconds)
         if (settings.validate or self.revalidate) and not self._validate(output):
             return self.failed(None, ValidationError)
+        where = "kept in memory"
         if self.persisting:
             meta = {**self.meta, "compile_seconds": round(seconds, 3), **self.backend.artifact_meta(fn)}
+            logger.debug("[%s] saving the artifact", comp.name, extra=event("phase", comp.name, phase="save"))
             try:
                 with _phase(self.phases, "save"):
                     entry = self.cache.write(self.key, meta, lambda folder: self.backend.save(fn, self.request, folder))
-                logger.info("[%s] saved artifact to %s", comp.name, entry.path)
+                where = f"saved to {entry.path}"
             except CacheError as err:
                 runtime.cache_unwritable(comp, err)
+        logger.info("[%s] compiled in %.1f s, %s", comp.name, seconds, where,
+                    extra=event("build_end", comp.name, seconds=seconds, ok=True))
         return self.ready(fn, output, None, compiles=1, compile_seconds=seconds, calls=1)
 
     def _validate(self, output: Any) -> bool:
         comp = self.comp
+        logger.debug("[%s] validating against eager", comp.name, extra=event("phase", comp.name, phase="validate"))
         with _phase(self.phases, "validate"):
             reference = self._call(comp.eager)
             tolerance = comp.settings.tolerance or default_tolerance(comp.precision)
@@ -335,6 +346,7 @@ class _Job:
                 raise
         transient = err is not None and is_transient(err)
         runtime.stats.record(comp.name, self.key, state=State.FAILED.value, error=error)
+        logger.debug("[%s] build failed", comp.name, extra=event("build_end", comp.name, ok=False, error=error))
         if comp.settings.strict:
             raise exc_type(f"build failed: {error}", component=comp.name, shapes=self.shapes,
                            hint="set strict=False to fall back to eager PyTorch") from err

@@ -27,6 +27,7 @@ from .calls import short_shapes, tensor_shapes
 from .component import Component
 from .errors import CacheError, EngineRunError, UnkeyableInputError
 from .graphs import unsafe_reason
+from .logging_utils import install_default_handler
 from .resolver import NOTHING, Resolution, Resolver
 from .settings import RuntimeSettings, resolve_cache_dir
 from .state import Slot, State
@@ -48,6 +49,7 @@ class TensorRTRuntime:
     """
 
     def __init__(self, settings: RuntimeSettings | None = None, *, cache_dir=None, **overrides: Any) -> None:
+        install_default_handler()  # warnings a user must act on are visible without logging setup
         settings = settings or RuntimeSettings()
         if cache_dir is not None:
             overrides["cache_dir"] = os.fspath(cache_dir)

@@ -24,6 +24,7 @@ import torch
 
 from ..calls import dtype_of, iter_tensors
 from ..errors import BackendUnavailableError, EngineBuildError
+from ..logging_utils import event
 from ..shapes import constraint_hint, first_lines
 from .base import Backend, CompileRequest
 
@@ -62,7 +63,7 @@ class InductorBackend(Backend):
         return versions
 
     def compile(self, request: CompileRequest):
-        return _Recorded(self._wrap(request))
+        return _Recorded(self._wrap(request), request.component)
 
     def save(self, compiled, request: CompileRequest, directory: Path) -> None:
         delta = compiled.delta if isinstance(compiled, _Recorded) else None
@@ -118,8 +119,9 @@ class _Recorded:
     """The compiled callable; its first call runs with a fresh record of cache artifacts, kept as
     ``delta`` (this key's artifacts only) for ``save``."""
 
-    def __init__(self, fn) -> None:
+    def __init__(self, fn, component: str = "") -> None:
         self.fn = fn
+        self.component = component
         self.delta: bytes | None = None
         self._first = True
 
@@ -128,6 +130,8 @@ class _Recorded:
             return self.fn(*args, **kwargs)
         from torch.compiler._cache import CacheArtifactManager
 
+        logger.debug("[%s] first call: torch.compile traces the module and generates code", self.component,
+                     extra=event("phase", self.component, phase="torch.compile (trace, generate code)"))
         with CacheArtifactManager.with_fresh_cache():
             try:
                 out = self.fn(*args, **kwargs)

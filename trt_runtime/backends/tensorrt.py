@@ -28,6 +28,7 @@ import torch
 
 from ..calls import arg_path, iter_tensors, precision_of
 from ..errors import BackendUnavailableError, EngineBuildError
+from ..logging_utils import event
 from ..shapes import Dim, constraint_hint, first_lines
 from . import _tensorrt_api as api_table
 from ._tensorrt_build import build_target, engine_error_hint
@@ -38,6 +39,7 @@ __all__ = ["TensorRTBackend", "cuda_unavailable_reason"]
 logger = logging.getLogger(__name__)
 
 ARTIFACT = "trt_program.pt2"
+_ENGINE_NAME = {api_table.TENSORRT: "TensorRT", api_table.TENSORRT_RTX: "TensorRT-RTX"}
 INPUTS_FILE = "trt_inputs.json"
 
 _PLUGINS_LOCK = threading.Lock()
@@ -115,9 +117,12 @@ class TensorRTBackend(Backend):
                 api, request.settings.tensorrt_options, _compile_keywords(torch_tensorrt), kwargs, version
             )
         )
+        logger.debug("[%s] exporting with torch.export", request.component,
+                     extra=event("phase", request.component, phase="torch.export"))
         program = plan.export(request)
         arg_inputs = [torch_tensorrt.Input(**spec) for spec in plan.input_specs()]
-        logger.debug("[%s] %s compile keywords: %s", request.component, api.name, kwargs)
+        logger.debug("[%s] %s compile keywords: %s", request.component, api.name, kwargs,
+                     extra=event("phase", request.component, phase=f"{_ENGINE_NAME.get(flavour, flavour)} engine build"))
         device_before = _first_device(request.module)
         try:
             with build_target(flavour, request.settings.tensorrt_target):
