@@ -1,24 +1,93 @@
-"""``trt-runtime``: run the demo, inspect and clear the engine cache, show the environment."""
+"""``trt-runtime`` (or ``python -m trt_runtime``): run the demo, prebuild engines, inspect and clear the
+engine cache, show the environment.
+
+Errors are one line on stderr, never a traceback (``-vv`` adds it): exit code 2 for a usage error
+(unknown choice, a malformed ``--size``, a build folder that is not a saved pipeline, a setting that
+cannot work) and 1 for a failure while running. Arguments are checked before anything heavy is
+imported or loaded.
+
+Adding a command: write ``cmd_<name>(args) -> int`` and an ``_add_<name>(sub)`` that registers its parser,
+and list the latter in ``COMMANDS`` (or ``CACHE_COMMANDS`` for ``trt-runtime cache <name>``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-__all__ = ["main"]
+from . import __version__
+from .settings import BACKENDS
+
+__all__ = ["main", "build_parser", "COMMANDS", "CACHE_COMMANDS"]
+
+DTYPES = ("fp16", "bf16", "fp32")
+TENSORRT_TARGETS = ("current", "portable")
 
 
-def _cache(args):
-    from .cache import EngineCache
-    from .settings import resolve_cache_dir
-
-    return EngineCache(resolve_cache_dir(args.cache_dir))
+class UsageError(Exception):
+    """Raised by a command for a mistake in its arguments found after parsing (exit code 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (argparse prints the whole usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------------------- argument types
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def image_side(text: str) -> int:
+    """An image side in pixels: diffusers' pipelines take multiples of 8."""
+    value = positive_int(text)
+    if value % 8:
+        raise argparse.ArgumentTypeError(f"{value} px is not a multiple of 8 (try {max(8, value // 8 * 8)})")
+    return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``HEIGHTxWIDTH`` (or one number for a square) in pixels, multiples of 8."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH in pixels (e.g. 1024x768)")
+    height = image_side(match.group(1))
+    return height, image_side(match.group(2)) if match.group(2) else height
+
+
+def device_name(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda or cuda:N)")
+    return text
+
+
+def pipeline_folder(text: str) -> Path:
+    """A local folder written by ``save_pretrained`` (``build`` never downloads)."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder (a pipeline saved with save_pretrained)")
+    if not (path / "model_index.json").is_file():
+        raise argparse.ArgumentTypeError(f"{text} has no model_index.json: not a pipeline saved with save_pretrained")
+    return path
+
+
+# ----------------------------------------------------------------------------------------- commands
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -28,7 +97,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_build(args) -> int:
-    """Prebuild engines: load a pipeline from a local folder, wrap it, run one short generation per size."""
+    """Prebuild engines: load a pipeline from a local folder, wrap it, run one short generation per size
+    and batch, so that later processes load instead of compiling."""
     import torch
     from diffusers import DiffusionPipeline
 
@@ -37,29 +107,35 @@ def cmd_build(args) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    pipe = DiffusionPipeline.from_pretrained(args.path, torch_dtype=dtype).to(device)
+    runtime = TensorRTRuntime(backend=args.backend, cache_dir=args.cache_dir, tensorrt_target=args.tensorrt_target)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(args.path, dtype=dtype).to(device)
+    except (OSError, ValueError, TypeError, ImportError) as err:
+        raise RuntimeError(f"cannot load the pipeline in {args.path}: {err}") from err
     pipe.set_progress_bar_config(disable=True)
-    runtime = TensorRTRuntime(backend=args.backend, cache_dir=args.cache_dir)
     wrap_pipeline(pipe, runtime=runtime, unet=True, vae=True, transformer=True, controlnet=True,
                   text_encoders=args.text_encoders)
-    for size in args.sizes:
-        height, width = _parse_size(size)
-        for batch in args.batch:
+    for size in args.sizes or [None]:
+        height, width = size or (None, None)
+        label = f"{height}x{width}" if size else "the pipeline's default size"
+        for batch in args.batch or [1]:
             start = time.perf_counter()
             with torch.inference_mode():
                 pipe(prompt=[args.prompt] * batch, height=height, width=width, num_inference_steps=args.steps,
                      output_type="latent" if args.skip_vae else "pil")
-            print(f"{height}x{width} batch {batch}: {time.perf_counter() - start:.1f} s")
+            print(f"{label}, batch {batch}: {time.perf_counter() - start:.1f} s", flush=True)
     print(runtime.summary())
     return 0
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, _, width = text.lower().partition("x")
-        return int(height), int(width or height)
-    except ValueError:
-        raise SystemExit(f"trt-runtime build: size {text!r} is not HEIGHTxWIDTH (e.g. 1024x768)") from None
+def _cache(args):
+    from .cache import EngineCache
+    from .settings import resolve_cache_dir
+
+    return EngineCache(resolve_cache_dir(args.cache_dir))
+
+
+_LS_COLUMNS = ("KEY", "COMPONENT", "BACKEND", "STATUS", "SIZE", "LAST USED", "SHAPES")
 
 
 def cmd_cache_ls(args) -> int:
@@ -70,15 +146,25 @@ def cmd_cache_ls(args) -> int:
                          indent=2, default=str))
         return 0
     print(f"engine cache: {cache.root} ({len(entries)} entries, {_size(sum(e.size for e in entries))})")
+    if not entries:
+        return 0
+    rows = []
     for e in entries:
         m = e.meta
         shapes = " ".join("x".join(map(str, s)) for s in m.get("shapes", [])[:4])
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
-        line = (f"{e.key[:12]}  {m.get('component', '?'):<16} {m.get('backend', '?'):<9} {e.status:<6} "
-                f"{_size(e.size):>9}  {used}  {shapes}")
-        if e.status == "failed":
-            line += f"\n              error: {m.get('error', '')[:150]}"
-        print(line)
+        rows.append((e.key[:12], str(m.get("component", "?")), str(m.get("backend", "?")), e.status,
+                     _size(e.size), used, shapes, str(m.get("error", "")) if e.status == "failed" else ""))
+    widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(_LS_COLUMNS[:-1])]
+
+    def line(cells) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False)) + "  " + cells[-1]
+
+    print(line(_LS_COLUMNS))
+    for row in rows:
+        print(line(row[:-1]))
+        if row[-1]:
+            print(" " * (widths[0] + 2) + f"error: {row[-1][:150]}")
     return 0
 
 
@@ -86,8 +172,8 @@ def cmd_cache_info(args) -> int:
     cache = _cache(args)
     matches = [e for e in cache.entries() if e.key.startswith(args.key)]
     if len(matches) != 1:
-        print(f"{len(matches)} entries match {args.key!r}", file=sys.stderr)
-        return 1
+        raise RuntimeError(f"{len(matches)} entries match {args.key!r} in {cache.root}"
+                           + ("; give more of the key" if matches else ""))
     print(json.dumps(matches[0].meta, indent=2, default=str))
     return 0
 
@@ -110,7 +196,6 @@ def cmd_env(args) -> int:
 
     import torch
 
-    from . import __version__
     from .backends import get_backend
     from .errors import BackendUnavailableError
     from .settings import resolve_cache_dir
@@ -130,7 +215,7 @@ def cmd_env(args) -> int:
     return 0
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -138,62 +223,196 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trt-runtime", description=__doc__)
-    parser.add_argument("--cache-dir", help="engine cache folder (default: $TRT_CACHE_DIR, else the user cache)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: INFO logs, -vv: DEBUG")
-    sub = parser.add_subparsers(dest="command", required=True)
+# ----------------------------------------------------------------------------------------- parsers
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="compiler (default: auto = tensorrt where it can run, else inductor)")
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when available)")
 
+
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="wrap a small built-in pipeline, run it twice, show what it gained")
-    demo.add_argument("--backend", default="auto", help="auto, tensorrt, inductor or eager")
-    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    demo.add_argument("--steps", type=int, default=4)
-    demo.add_argument("--size", type=int, default=64, help="image height and width in pixels")
+    _add_backend(demo)
+    demo.add_argument("--steps", type=positive_int, default=4, help="denoising steps (default: 4)")
+    demo.add_argument("--size", type=image_side, default=64, help="image height and width in pixels (default: 64)")
     demo.add_argument("--prompt", default="a lighthouse at dawn")
     demo.add_argument("--text-encoders", action="store_true", help="also compile the text encoder")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, progress=True)
 
-    build = sub.add_parser("build", help="prebuild engines for a local pipeline folder at given sizes")
-    build.add_argument("path", help="a folder saved with save_pretrained (no downloads)")
-    build.add_argument("--size", dest="sizes", action="append", default=None,
-                       help="HEIGHTxWIDTH in pixels; repeat for several (default: the pipeline's default)")
-    build.add_argument("--batch", type=int, action="append", default=None, help="prompts per call; repeatable")
-    build.add_argument("--steps", type=int, default=2)
-    build.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16")
-    build.add_argument("--backend", default="auto")
-    build.add_argument("--device", default=None)
+
+def _add_build(sub) -> None:
+    build = sub.add_parser("build", help="prebuild engines for a local pipeline folder at given sizes",
+                           description="Load a pipeline saved with save_pretrained, wrap it and run one short "
+                           "generation per size and batch, so later processes load the engines from the cache.")
+    build.add_argument("path", type=pipeline_folder, help="a folder saved with save_pretrained (never downloads)")
+    build.add_argument("--size", dest="sizes", type=image_size, action="append", default=None, metavar="HxW",
+                       help="HEIGHTxWIDTH in pixels, multiples of 8; repeat for several "
+                       "(default: the pipeline's own default size)")
+    build.add_argument("--batch", type=positive_int, action="append", default=None,
+                       help="prompts per call; repeat for several (default: 1)")
+    build.add_argument("--steps", type=positive_int, default=2, help="denoising steps per generation (default: 2)")
+    build.add_argument("--dtype", choices=DTYPES, default="fp16", help="load the pipeline in (default: fp16)")
+    _add_backend(build)
+    build.add_argument("--tensorrt-target", choices=TENSORRT_TARGETS, default="current",
+                       help="TensorRT-RTX build target (default: current = this GPU)")
     build.add_argument("--prompt", default="a photo")
-    build.add_argument("--text-encoders", action="store_true")
+    build.add_argument("--text-encoders", action="store_true", help="also build the text encoders")
     build.add_argument("--skip-vae", action="store_true", help="stop at latents (VAE not built)")
-    build.set_defaults(func=cmd_build)
+    build.set_defaults(func=cmd_build, progress=True)
 
-    cache = sub.add_parser("cache", help="inspect or clear the engine cache")
-    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
-    ls = cache_sub.add_parser("ls", help="list entries")
-    ls.add_argument("--json", action="store_true")
+
+def _add_cache_ls(cache_sub) -> None:
+    ls = cache_sub.add_parser("ls", help="list entries (component, backend, status, size, last use, shapes)")
+    ls.add_argument("--json", action="store_true", help="every entry's meta.json, as a JSON list")
     ls.set_defaults(func=cmd_cache_ls)
+
+
+def _add_cache_info(cache_sub) -> None:
     info = cache_sub.add_parser("info", help="show one entry's meta.json")
     info.add_argument("key", help="key or a unique prefix of it")
     info.set_defaults(func=cmd_cache_info)
+
+
+def _add_cache_clear(cache_sub) -> None:
     clear = cache_sub.add_parser("clear", help="remove entries")
     clear.add_argument("--failed", action="store_true", help="only remembered failures (to retry them)")
     clear.set_defaults(func=cmd_cache_clear)
+
+
+def _add_cache_path(cache_sub) -> None:
     cache_sub.add_parser("path", help="print the cache folder").set_defaults(func=cmd_cache_path)
 
+
+CACHE_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_cache_ls, _add_cache_info, _add_cache_clear, _add_cache_path,
+]
+"""Registrars of ``trt-runtime cache <command>``, in help order."""
+
+
+def _add_cache(sub) -> None:
+    cache = sub.add_parser("cache", help="inspect or clear the engine cache")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    for add in CACHE_COMMANDS:
+        add(cache_sub)
+
+
+def _add_env(sub) -> None:
     sub.add_parser("env", help="versions, device, cache folder, available backends").set_defaults(func=cmd_env)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_build, _add_cache, _add_env]
+"""Registrars of the top-level commands, in help order."""
+
+
+def build_parser(prog: str = "trt-runtime") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Run the demo, prebuild engines, inspect and clear the engine "
+                     "cache, show the environment. Errors exit with 2 (usage) or 1 (failure).")
+    parser.add_argument("--version", action="version", version=f"trt-runtime {__version__}")
+    parser.add_argument("--cache-dir", help="engine cache folder (default: $TRT_CACHE_DIR, else the user cache)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: INFO logs, -vv: DEBUG and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "build":
-        args.sizes = args.sizes or ["512x512"]
-        args.batch = args.batch or [1]
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command in ("demo", "build") and args.verbose == 0:
-        logging.getLogger("trt_runtime").setLevel(logging.INFO)  # compile progress is the point of the demo
-    return args.func(args)
+# ----------------------------------------------------------------------------------------- running
+def _configure_logging(args) -> Callable[[], None]:
+    """Console logging for the CLI, and the build progress display for commands that build; returns
+    what undoes it (``main`` may run inside another program, or a test).
+
+    Levels: warnings by default, ``-v`` INFO, ``-vv`` DEBUG (``$TRT_RUNTIME_VERBOSITY`` counts too);
+    other libraries stay at WARNING. While a progress display listens, the ``trt_runtime`` logger passes
+    DEBUG records, whose build events it draws; the console still shows only the chosen level."""
+    from .logging_utils import install_default_handler
+
+    install_default_handler()  # reads $TRT_RUNTIME_VERBOSITY, once
+    ours, root = logging.getLogger("trt_runtime"), logging.getLogger()
+    before = (ours.level, root.level)
+    level = (logging.WARNING, logging.INFO)[args.verbose] if args.verbose < 2 else logging.DEBUG
+    if ours.level:
+        level = min(level, ours.level)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    progress = None
+    if getattr(args, "progress", False) and level > logging.INFO:
+        from .progress import BuildProgress
+
+        progress = BuildProgress()
+        ours.addHandler(progress)
+        ours.setLevel(logging.DEBUG)
+    else:
+        ours.setLevel(level)
+
+    def undo() -> None:
+        root.removeHandler(console)
+        if progress is not None:
+            ours.removeHandler(progress)
+            progress.close()
+        ours.setLevel(before[0])
+        root.setLevel(before[1])
+
+    return undo
+
+
+def _fail(prog: str, message: str, code: int) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "trt-runtime") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)  # usage errors exit with 2 here, before anything is loaded
+    undo_logging = _configure_logging(args)
+    from .errors import ConfigurationError
+
+    try:
+        return args.func(args) or 0
+    except (UsageError, ConfigurationError) as err:
+        return _fail(prog, _describe(err, args), 2)
+    except BrokenPipeError:
+        _silence_stdout()  # the reader (`| head`) has gone; Python would otherwise complain at exit
+        return 1
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted", 130)
+    except Exception as err:  # noqa: BLE001 - one line for the user, the traceback with -vv
+        return _fail(prog, _describe(err, args), 1)
+    finally:
+        undo_logging()
+
+
+def _describe(err: BaseException, args) -> str:
+    """The first line of the error; our own errors and the CLI's plain RuntimeErrors speak for
+    themselves, anything else is prefixed with its type."""
+    if args.verbose >= 2:
+        traceback.print_exception(err)
+    lines = str(err).strip().splitlines()
+    message = lines[0] if lines else ""
+    if not (_ours(err) or type(err) is RuntimeError):
+        message = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    if len(lines) > 1 and args.verbose < 2:
+        message += " (-vv shows the rest)"
+    return message
+
+
+def _ours(err: BaseException) -> bool:
+    from .errors import TrtRuntimeError
+
+    return isinstance(err, (TrtRuntimeError, UsageError))
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
