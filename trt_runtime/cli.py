@@ -106,7 +106,8 @@ def cmd_build(args) -> int:
     from .runtime import TensorRTRuntime
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    precision = args.dtype or ("fp16" if device.startswith("cuda") else "fp32")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
     runtime = TensorRTRuntime(backend=args.backend, cache_dir=args.cache_dir, tensorrt_target=args.tensorrt_target)
     try:
         pipe = DiffusionPipeline.from_pretrained(args.path, dtype=dtype).to(device)
@@ -252,7 +253,8 @@ def _add_build(sub) -> None:
     build.add_argument("--batch", type=positive_int, action="append", default=None,
                        help="prompts per call; repeat for several (default: 1)")
     build.add_argument("--steps", type=positive_int, default=2, help="denoising steps per generation (default: 2)")
-    build.add_argument("--dtype", choices=DTYPES, default="fp16", help="load the pipeline in (default: fp16)")
+    build.add_argument("--dtype", choices=DTYPES, default=None,
+                       help="load the pipeline in (default: fp16 on CUDA, fp32 on a CPU)")
     _add_backend(build)
     build.add_argument("--tensorrt-target", choices=TENSORRT_TARGETS, default="current",
                        help="TensorRT-RTX build target (default: current = this GPU)")
