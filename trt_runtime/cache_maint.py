@@ -1,0 +1,470 @@
+"""Removing from the engine cache: publish-over, remove, clear, evict, prune, verify, sweeps.
+
+Rules that keep deletion inside the cache and away from readers:
+
+- Only a folder carrying the marker file (``cache.MARKER``) is treated as a cache: ``clear``, ``evict``,
+  ``prune`` and the sweeps raise ``CacheError`` on any other folder and delete nothing.
+- Only names the cache writes are deleted: a folder whose name is a key and whose meta.json (read
+  safely) names that same key, staging folders named ``<key>.<host>.<pid>.<rand>.<kind>``, lock files
+  ``<key>.lock`` / ``<key>.read``. A link in any of those places is unlinked as a link, never followed.
+- An entry is removed by renaming it into ``.staging`` while holding its read lock (and build lock)
+  exclusively, then deleting it there. Eviction and pruning try those locks without waiting, so an
+  entry that a process is loading (``EngineCache.loading``) or building is skipped, never deleted.
+- Unfinished staging folders count against the size cap. One of this host is abandoned when its
+  writer's pid is gone; one of another host (shared storage) only when older than
+  ``stale_after_s`` (pids of other hosts mean nothing here).
+- Lock files go with their entry and, when orphaned, in ``clear``/``prune``, by the protocol in
+  ``_cache_locks`` that keeps mutual exclusion intact.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import stat
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from . import _cache_fs as fs
+from . import _cache_locks as locks
+from ._cache_check import FAILED, META_LIMIT, CacheEntry, read_entry_meta
+from .errors import CacheError, ReadOnlyCacheError, UntrustedEntryError
+
+if TYPE_CHECKING:
+    from .cache import EngineCache
+
+__all__ = ["Finding", "staging_name", "install", "remove_entry", "clear", "evict", "prune", "verify"]
+
+logger = logging.getLogger(__name__)
+
+_STAGING_RE = re.compile(r"(?P<key>[0-9a-f]{32,64})\.(?P<host>[A-Za-z0-9-]{1,63})\.(?P<pid>\d{1,10})\.[0-9a-f]{8}"
+                         r"\.(?P<kind>new|old|rm)")
+_LEGACY_RE = re.compile(r"[0-9a-f]{32,64}\.(\d{1,10}|old|rm)\.[0-9a-f]{8}")
+_REPLACE_WAIT_S = 30.0
+_TRASH_GRACE_S = 600.0
+_LOCAL_STALE_S = 24 * 3600.0
+_CAP: Any = object()
+
+
+class Finding(NamedTuple):
+    key: str
+    state: str
+    """``ok``, ``damaged`` or ``untrusted``."""
+    reason: str = ""
+    trust: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
+def staging_name(key: str, kind: str) -> str:
+    return f"{key}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+
+
+# ------------------------------------------------------------------------------------------------ publishing
+def install(cache: EngineCache, root_fd: int, staging_fd: int, name: str, key: str, *,
+            keep_ready: bool) -> CacheEntry | None:
+    """Rename staged folder ``name`` to ``key``. An existing entry is moved aside first (after waiting
+    for its readers), except a ready one when ``keep_ready``: that is returned and ours dropped."""
+    for _ in range(4):
+        try:
+            os.rename(name, key, src_dir_fd=staging_fd, dst_dir_fd=root_fd)
+            return None
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+        try:
+            st = os.stat(key, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(key, dir_fd=root_fd)  # a link or file where the entry belongs
+            continue
+        if keep_ready and (ready := _ready(root_fd, key, key, cache)) is not None:
+            return ready
+        trash = staging_name(key, "old")
+        with locks_folder(cache, root_fd) as locks_fd:
+            try:
+                held = _hold(locks_fd, key, wait=_REPLACE_WAIT_S, build=False)
+            except OSError as err:
+                logger.debug("replacing %s while it may be read: %s", key[:12], err)
+                held = []
+            try:
+                os.rename(key, trash, src_dir_fd=root_fd, dst_dir_fd=staging_fd)
+            except FileNotFoundError:
+                continue
+            finally:
+                for fd in held:
+                    locks.release(fd)
+        if keep_ready and (ready := _ready(staging_fd, trash, key, cache)) is not None:
+            try:  # a ready entry was published between our look and our move: put it back
+                os.rename(trash, key, src_dir_fd=staging_fd, dst_dir_fd=root_fd)
+                return ready
+            except OSError:
+                pass
+        fs.remove_tree(trash, staging_fd)
+    raise CacheError("another process kept replacing this entry while it was written", path=cache.path_for(key))
+
+
+def _ready(parent_fd: int, name: str, key: str, cache: EngineCache) -> CacheEntry | None:
+    try:
+        fd = fs.open_dir(name, parent_fd)
+    except OSError:
+        return None
+    try:
+        meta, _, reason = read_entry_meta(fd, key)
+    finally:
+        os.close(fd)
+    return CacheEntry(key, cache.path_for(key), meta) if meta and meta.get("status") == "ready" else None
+
+
+# ------------------------------------------------------------------------------------------------ removing
+class locks_folder:  # noqa: N801 - a context manager used like a function
+    """The ``.locks`` folder of an open cache folder (created, links replaced)."""
+
+    def __init__(self, cache: EngineCache, root_fd: int) -> None:
+        self.fd = fs.subdir(root_fd, ".locks", cache.dir_mode, create=True)
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)
+
+
+def _hold(locks_fd: int, key: str, *, wait: float, build: bool) -> list[int]:
+    """The entry's read lock (and build lock) exclusively; ``LockTimeout`` when in use."""
+    held = [locks.acquire(locks_fd, f"{key}.read", shared=False, timeout=wait)]
+    if build:
+        try:
+            held.append(locks.acquire(locks_fd, f"{key}.lock", shared=False, timeout=0))
+        except OSError:
+            locks.release(held[0])
+            raise
+    return held
+
+
+def remove_entry(cache: EngineCache, key: str, *, wait: float) -> bool:
+    if not cache.writable:
+        raise ReadOnlyCacheError("the engine cache is read-only", path=cache.root)
+    root_fd = cache._open_root(create=False)
+    if root_fd is None:
+        return False
+    try:
+        return _remove_at(cache, root_fd, key, wait)
+    finally:
+        os.close(root_fd)
+
+
+def _remove_at(cache: EngineCache, root_fd: int, key: str, wait: float) -> bool:
+    try:
+        st = os.stat(key, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(key, dir_fd=root_fd)
+        return True
+    staging_fd = fs.subdir(root_fd, ".staging", cache.dir_mode, create=True)
+    trash = staging_name(key, "rm")
+    try:
+        with locks_folder(cache, root_fd) as locks_fd:
+            try:
+                held = _hold(locks_fd, key, wait=wait, build=True)
+            except locks.LockTimeout as err:
+                raise CacheError("the entry is being loaded or built by another process",
+                                 path=cache.path_for(key)) from err
+            try:
+                os.rename(key, trash, src_dir_fd=root_fd, dst_dir_fd=staging_fd)
+            except FileNotFoundError:
+                return False
+            finally:
+                for suffix in (".read", ".lock"):  # held by us: safe to unlink (see _cache_locks)
+                    try:
+                        os.unlink(f"{key}{suffix}", dir_fd=locks_fd)
+                    except OSError:
+                        pass
+                for fd in held:
+                    locks.release(fd)
+        fs.remove_tree(trash, staging_fd)
+        return True
+    except CacheError:
+        raise
+    except OSError as err:
+        raise CacheError(f"cannot remove cache entry: {err.strerror or err}", path=cache.path_for(key)) from err
+    finally:
+        os.close(staging_fd)
+
+
+def require_marker(cache: EngineCache, root_fd: int) -> None:
+    try:
+        ok = stat.S_ISREG(os.stat(".trt_runtime_cache", dir_fd=root_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        ok = False
+    if not ok:
+        raise CacheError(
+            "this folder does not look like a trt_runtime engine cache (it has no .trt_runtime_cache marker "
+            "file); nothing was deleted", path=cache.root,
+            hint="check --cache-dir / TRT_CACHE_DIR. A cache made by trt_runtime 0.1 gets the marker on its "
+                 f"next write, or mark it yourself: touch {cache.root}/.trt_runtime_cache")
+
+
+def _owned_meta(root_fd: int, name: str) -> dict | None:
+    """meta.json of folder ``name`` if it is a JSON object naming ``name`` as its key (the proof that
+    the cache wrote this folder; other fields may be damaged: a damaged entry must stay removable)."""
+    try:
+        fd = fs.open_dir(name, root_fd)
+    except OSError:
+        return None
+    try:
+        data, _ = fs.read_regular("meta.json", fd, META_LIMIT)
+        meta = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
+    return meta if isinstance(meta, dict) and meta.get("key") == name else None
+
+
+def clear(cache: EngineCache, status: str | None) -> int:
+    root_fd = cache._open_root(create=False)
+    if root_fd is None:
+        return 0
+    try:
+        require_marker(cache, root_fd)
+        if not cache.writable:
+            raise ReadOnlyCacheError("the engine cache is read-only; nothing was deleted", path=cache.root)
+        removed = kept = 0
+        for name in sorted(os.listdir(root_fd)):
+            if not fs.is_key(name):
+                continue
+            st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                if status is None:
+                    os.unlink(name, dir_fd=root_fd)  # a link where an entry belongs: the link goes
+                continue
+            meta = _owned_meta(root_fd, name) if stat.S_ISDIR(st.st_mode) else None
+            if meta is None:
+                logger.warning("leaving %s: its meta.json does not name it, so the cache did not write it",
+                               cache.root / name)
+                continue
+            if status is not None and meta.get("status") != status:
+                continue
+            try:
+                removed += _remove_at(cache, root_fd, name, wait=10.0)
+            except CacheError as err:
+                logger.debug("kept %s: %s", name[:12], err)
+                kept += 1
+        sweep(cache, root_fd)
+        if kept:
+            logger.warning("kept %d cache entries that other processes are loading or building", kept)
+        return removed
+    finally:
+        os.close(root_fd)
+
+
+def evict(cache: EngineCache, keep: str | None) -> list[str]:
+    if not cache.writable:
+        return []
+    root_fd = cache._open_root(create=False)
+    if root_fd is None:
+        return []
+    try:
+        require_marker(cache, root_fd)
+        sweep(cache, root_fd, locks_too=False)
+        if cache.max_bytes is None:
+            return []
+        return _shrink(cache, root_fd, cache.entries(), cache.max_bytes, keep)
+    finally:
+        os.close(root_fd)
+
+
+def _shrink(cache: EngineCache, root_fd: int, candidates: list[CacheEntry], cap: int, keep: str | None,
+            dry_run: bool = False) -> list[str]:
+    total = cache.total_bytes()
+    removed = []
+    for entry in sorted(candidates, key=lambda e: e.last_used):  # oldest first
+        if total <= cap:
+            break
+        if entry.key == keep:
+            continue
+        if not dry_run:
+            try:
+                if not _remove_at(cache, root_fd, entry.key, wait=0):
+                    continue
+            except CacheError as err:
+                logger.debug("not evicting %s: %s", entry.key[:12], err)
+                continue  # in use by another process: leave it
+            logger.info("evicted cache entry %s (%s, %d bytes) to stay under the size cap",
+                        entry.key, entry.meta.get("component"), entry.size)
+        total -= entry.size
+        removed.append(entry.key)
+    return removed
+
+
+def prune(cache: EngineCache, *, max_bytes: int | None = _CAP, older_than_s: float | None = None,
+          component: str | None = None, failed: bool = False, dry_run: bool = False) -> list[str]:
+    """Remove entries; returns their keys (with ``dry_run``, those it would remove).
+
+    ``failed`` and ``older_than_s`` (not used for that long) select entries to remove, combined (both:
+    failed entries unused that long), within ``component`` when given. ``max_bytes`` then removes the
+    least recently used (within ``component``) until the cache fits; by default the cache's own cap when
+    no other criterion is given. Entries in use are skipped. Also sweeps abandoned staging folders and
+    unused lock files. Safe while other processes read."""
+    if max_bytes is _CAP:
+        max_bytes = cache.max_bytes if not (failed or older_than_s is not None) else None
+    root_fd = cache._open_root(create=False)
+    if root_fd is None:
+        return []
+    try:
+        require_marker(cache, root_fd)
+        if not cache.writable and not dry_run:
+            raise ReadOnlyCacheError("the engine cache is read-only; nothing was deleted", path=cache.root)
+        entries = [e for e in cache.entries() if component is None or e.meta.get("component") == component]
+        now, removed = time.time(), []
+        if failed or older_than_s is not None:
+            for entry in entries:
+                if (failed and entry.status != FAILED) or (
+                        older_than_s is not None and now - entry.last_used < older_than_s):
+                    continue
+                try:
+                    if dry_run or _remove_at(cache, root_fd, entry.key, wait=0):
+                        removed.append(entry.key)
+                except CacheError as err:
+                    logger.info("kept %s: %s", entry.key[:12], err)
+        if max_bytes is not None:
+            rest = [e for e in entries if e.key not in removed]
+            removed += _shrink(cache, root_fd, rest, max_bytes, None, dry_run)
+        if not dry_run:
+            sweep(cache, root_fd)
+        return removed
+    finally:
+        os.close(root_fd)
+
+
+def verify(cache: EngineCache, keys: list[str] | None) -> list[Finding]:
+    """Check every entry (or ``keys``) fully: schema, key, trust/signature, sizes, sha256 (whatever
+    ``verify_checksum`` says), ``.pt2`` records. Read-only and safe while other processes read or write."""
+    root_fd = cache._open_root(create=False)
+    if root_fd is None:
+        return []
+    try:
+        names = keys if keys is not None else sorted(n for n in os.listdir(root_fd) if fs.is_key(n))
+    finally:
+        os.close(root_fd)
+    findings = []
+    for key in names:
+        held = cache._read_lock(key, shared=True, wait=10.0) if cache.writable else None
+        try:
+            entry, problem = cache.check(key, verify_checksum=True)
+            if problem is not None:
+                findings.append(Finding(key, problem.kind, problem.reason))
+                continue
+            if entry is None:
+                findings.append(Finding(key, "damaged", "it does not exist"))
+                continue
+            try:
+                if entry.in_place:
+                    cache._check_programs(entry, entry.path)
+            except UntrustedEntryError as err:
+                findings.append(Finding(key, "untrusted", err.message, entry.trust))
+                continue
+            findings.append(Finding(key, "ok", "", entry.trust))
+        finally:
+            locks.release(held)
+    return findings
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+def sweep(cache: EngineCache, root_fd: int, *, locks_too: bool = True) -> None:
+    """Delete abandoned staging folders and (``locks_too``) lock files of keys without an entry."""
+    _sweep_staging(cache, root_fd)
+    if locks_too:
+        _sweep_locks(root_fd)
+
+
+def _unlinked_if_link(root_fd: int, name: str) -> bool:
+    try:
+        st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    os.unlink(name, dir_fd=root_fd)  # a link (or file) where our folder belongs: remove it, never follow
+    return True
+
+
+def _sweep_staging(cache: EngineCache, root_fd: int) -> None:
+    if _unlinked_if_link(root_fd, ".staging"):
+        return
+    staging_fd = fs.open_dir(".staging", root_fd)
+    try:
+        now = time.time()
+        for name in os.listdir(staging_fd):
+            try:
+                st = os.stat(name, dir_fd=staging_fd, follow_symlinks=False)
+                if _abandoned(name, st, now, cache.stale_after_s):
+                    logger.debug("sweeping abandoned staging folder %s", name)
+                    fs.remove_tree(name, staging_fd)
+            except OSError as err:
+                logger.debug("cannot sweep %s: %s", name, err)
+    finally:
+        os.close(staging_fd)
+
+
+def _abandoned(name: str, st: os.stat_result, now: float, stale_after_s: float) -> bool:
+    age = now - st.st_mtime
+    m = _STAGING_RE.fullmatch(name)
+    if m is None:
+        return bool(_LEGACY_RE.fullmatch(name)) and age > stale_after_s  # not ours: never
+    if m["host"] != _host():
+        return age > stale_after_s  # another host's pid means nothing here: judge by age only
+    alive = _pid_alive(int(m["pid"]))
+    if m["kind"] != "new":  # trash: its creator deletes it right away
+        return not alive or age > _TRASH_GRACE_S
+    return not alive or age > _LOCAL_STALE_S
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _sweep_locks(root_fd: int) -> None:
+    if _unlinked_if_link(root_fd, ".locks"):
+        return
+    locks_fd = fs.open_dir(".locks", root_fd)
+    try:
+        for name in os.listdir(locks_fd):
+            key, _, kind = name.rpartition(".")
+            if kind not in ("lock", "read") or not fs.is_key(key):
+                continue
+            if _exists(root_fd, key):
+                continue
+            locks.remove_lock_file(locks_fd, name)
+    finally:
+        os.close(locks_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
