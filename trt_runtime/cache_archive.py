@@ -298,8 +298,14 @@ def copy_verified(entry_fd: int, rel: str, info: dict, dest: Path) -> None:
 
 
 def environment_mismatch(built: Mapping[str, Any], here: Mapping[str, Any]) -> str | None:
-    """Why an entry built in ``built`` cannot serve ``here``: the first field both name with different
-    values (compared as canonical JSON), or None."""
+    """Why an entry built in ``built`` cannot serve ``here``: built for a GPU and here is none (or the
+    reverse), or the first field both name with different values (compared as canonical JSON). Fields
+    only one side has (a library not installed here) are not compared."""
+    gpu_built, gpu_here = built.get("compute_capability"), here.get("compute_capability")
+    if gpu_built and not gpu_here:
+        return f"built for a GPU of compute capability {gpu_built}, this environment has no GPU"
+    if gpu_here and not gpu_built:
+        return f"built for the CPU, this environment has a GPU of compute capability {gpu_here}"
     for field in sorted(set(built) & set(here)):
         a, b = (json.dumps(v, sort_keys=True, default=str) for v in (built[field], here[field]))
         if a != b:
