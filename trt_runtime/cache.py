@@ -151,7 +151,7 @@ class EngineCache:
         try:
             root_fd = self._open_root(create=False)
         except CacheError as err:
-            return None, Problem("damaged", f"the cache folder cannot be opened ({err.message})")
+            return None, Problem("damaged", err.message)
         if root_fd is None:
             return None, None
         try:
