@@ -41,6 +41,8 @@ ALGORITHM = "lanes64x2-v1"
 
 _P = 1 << 16
 _CHUNK_WORDS = {"cpu": 1 << 20}
+_MV_DEVICES = {"cpu"}
+"""Devices with an int64 matrix-vector product (fused multiply-and-sum); others multiply, then sum."""
 _DEFAULT_CHUNK_WORDS = 1 << 22
 _SEEDS = (0x243F6A8885A308D3, 0x13198A2E03707344)
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -121,7 +123,7 @@ class _Lanes:
 
     def _add(self, block: torch.Tensor) -> None:
         table = self.table[:, :block.shape[-1]]
-        if self.device.type == "cpu":
+        if self.device.type in _MV_DEVICES:
             self.sums.append(torch.stack([torch.mv(block, table[0]), torch.mv(block, table[1])]))
         else:
             self.sums.append(torch.stack([(block * table[0]).sum(dim=-1), (block * table[1]).sum(dim=-1)]))
