@@ -34,6 +34,7 @@ import re
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -91,12 +92,17 @@ def export_entries(cache: EngineCache, dest: str | os.PathLike, keys: list[str] 
     if cache.trust_key is not None:
         manifest["hmac"] = cache.trust_key.sign(manifest, "archive")
     gz = str(dest).endswith((".tar.gz", ".tgz"))
-    with _sink(dest) as out, tarfile.open(fileobj=out, mode="w|gz" if gz else "w|") as tar:
-        _add_bytes(tar, _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
-        for entry, text in chosen:
-            _add_bytes(tar, f"entries/{entry.key}/meta.json", text)
-            _add_files(cache, tar, entry)
-            report.done.append(entry.key)
+    try:
+        with _sink(dest) as out, tarfile.open(fileobj=out, mode="w|gz" if gz else "w|") as tar:
+            _add_bytes(tar, _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+            for entry, text in chosen:
+                _add_bytes(tar, f"entries/{entry.key}/meta.json", text)
+                _add_files(cache, tar, entry)
+                report.done.append(entry.key)
+    except (tarfile.TarError, OSError) as err:
+        if isinstance(err, CacheError):
+            raise
+        raise CacheError(f"cannot write the archive ({type(err).__name__}: {err})", path=dest) from err
     return report
 
 
@@ -155,19 +161,26 @@ def import_entries(cache: EngineCache, source: str | os.PathLike, *,
     if not cache.writable:
         raise ReadOnlyCacheError("the engine cache is read-only; nothing was imported", path=cache.root)
     report = ArchiveReport()
-    with _source(source) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        members = _Members(tar)
-        manifest = _read_manifest(tar, members.next(), cache)
-        expected = {e["key"]: e for e in manifest["entries"]}
-        seen: set[str] = set()
-        while (member := members.next()) is not None:
-            match = _MEMBER.fullmatch(member.name)
-            if not match or match.group(2) != "meta.json" or match.group(1) not in expected:
-                continue  # stray file of a skipped entry, or not ours: never extracted
-            key = match.group(1)
-            seen.add(key)
-            why = _import_one(cache, tar, members, member, expected[key], environment, allow_unsigned, replace)
-            (report.skipped.append((key, why)) if why else report.done.append(key))
+    expected: dict[str, dict] = {}
+    seen: set[str] = set()
+    try:
+        with _source(source) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            members = _Members(tar)
+            manifest = _read_manifest(tar, members.next(), cache)
+            expected = {e["key"]: e for e in manifest["entries"]}
+            while (member := members.next()) is not None:
+                match = _MEMBER.fullmatch(member.name)
+                if not match or match.group(2) != "meta.json" or match.group(1) not in expected:
+                    continue  # stray file of a skipped entry, or not ours: never extracted
+                key = match.group(1)
+                seen.add(key)
+                why = _import_one(cache, tar, members, member, expected[key], environment, allow_unsigned, replace)
+                (report.skipped.append((key, why)) if why else report.done.append(key))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        if isinstance(err, CacheError):
+            raise
+        raise CacheError(f"cannot read the archive ({type(err).__name__}: {err}); {len(report.done)} entries "
+                         "were imported before that", path=source) from err
     report.skipped += [(k, "listed in the manifest but missing from the archive") for k in expected if k not in seen]
     with contextlib.suppress(CacheError):
         cache.evict()
