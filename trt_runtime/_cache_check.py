@@ -8,20 +8,30 @@ it found, and it decides trust (see ``trust``) before it hashes a byte.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
+import logging
 import os
 import re
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from . import _cache_fs as fs
+from . import pt2check, trust
+from .errors import CacheError, UntrustedEntryError
 from .trust import TrustKey, unsafe_reason
 
-__all__ = ["CacheEntry", "Problem", "inspect_entry", "validate_meta", "parse_meta", "META_FILE", "READY",
-           "FAILED", "META_LIMIT"]
+__all__ = ["CacheEntry", "Problem", "inspect_entry", "validate_meta", "parse_meta", "check_programs",
+           "write_verified", "copy_verified", "META_FILE", "READY", "FAILED", "META_LIMIT"]
+
+logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 READY = "ready"
@@ -211,3 +221,128 @@ def _check_file(entry_fd: int, name: str, info: dict, must_hash: bool) -> Proble
     finally:
         os.close(fd)
     return None
+
+
+def check_programs(entry: CacheEntry, folder: Path) -> None:
+    """Refuse (``UntrustedEntryError``, one warning) a ``.pt2`` program with records that run code on load
+    which the entry's (trusted) meta.json does not declare as written by its writer."""
+    for name, info in entry.meta.get("files", {}).items():
+        if not name.endswith(".pt2"):
+            continue
+        undeclared = sorted(set(pt2check.unsafe_records(folder / name)) - set(info.get("pt2_unsafe", [])))
+        if undeclared:
+            reason = f"program {name} has records that unpickle or run code on load: {'; '.join(undeclared)}"
+            trust.warn_once(entry.key, reason, "refusing cache entry %s: %s, and its writer did not record "
+                            "writing them; treating it as a miss", entry.path, reason)
+            raise UntrustedEntryError(reason, path=entry.path)
+
+
+def write_verified(src: IO[bytes], folder_fd: int, rel: str, info: dict, mode: int) -> None:
+    """Stream ``src`` into new file ``rel`` below ``folder_fd`` (folders 0700, the file ``mode``), then
+    check it against ``info``'s size and sha256 (``UntrustedEntryError`` when it does not match)."""
+    parts = rel.split("/")
+    fds = []
+    try:
+        current = folder_fd
+        for part in parts[:-1]:
+            current = fs.make_dir(part, current, 0o700, exist_ok=True)
+            fds.append(current)
+        out = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                      dir_fd=current)
+        try:
+            os.fchmod(out, mode)
+            h, size = hashlib.sha256(), 0
+            while block := src.read(1 << 20):
+                h.update(block)
+                size += len(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(out, view):]
+        finally:
+            os.close(out)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if size != info["size"] or h.hexdigest() != info["sha256"]:
+        raise UntrustedEntryError(f"{rel} does not match the checksum in its meta.json")
+
+
+def copy_verified(entry_fd: int, rel: str, info: dict, dest: Path) -> None:
+    """Copy file ``rel`` of an open entry to ``dest/rel`` (0600), checking size and sha256 of the bytes
+    copied: what a backend then reads is exactly what the signature covers."""
+    src = fs.open_file(rel, entry_fd)
+    try:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(src, "rb", closefd=False) as reader:
+            dest_fd = fs.open_dir(str(target.parent), follow=True)
+            try:
+                write_verified(reader, dest_fd, target.name, info, 0o600)
+            finally:
+                os.close(dest_fd)
+    finally:
+        os.close(src)
+
+
+def same_folder(entry: CacheEntry) -> None:
+    """Raise ``CacheError`` unless ``entry.path`` is still the folder ``read`` checked."""
+    try:
+        st = os.stat(entry.path, follow_symlinks=False)
+    except OSError as err:
+        raise CacheError("the entry was removed after it was read", path=entry.path) from err
+    if entry.ident is not None and (st.st_dev, st.st_ino) != entry.ident:
+        raise CacheError("the entry was replaced after it was read; read it again", path=entry.path)
+
+
+@contextlib.contextmanager
+def private_copy(root_fd: int, entry: CacheEntry) -> Iterator[Path]:
+    """A private temporary folder (0700) holding ``entry``'s files, each checked against meta.json as it
+    is copied through descriptors of the folder ``read`` checked; removed afterwards."""
+    tmp = tempfile.mkdtemp(prefix="trt_runtime_load_")
+    try:
+        try:
+            entry_fd = fs.open_dir(entry.key, root_fd)
+        except OSError as err:
+            raise CacheError("the entry was removed after it was read", path=entry.path) from err
+        try:
+            st = os.fstat(entry_fd)
+            if entry.ident is not None and (st.st_dev, st.st_ino) != entry.ident:
+                raise CacheError("the entry was replaced after it was read; read it again", path=entry.path)
+            for name, info in entry.meta["files"].items():
+                copy_verified(entry_fd, name, info, Path(tmp))
+        finally:
+            os.close(entry_fd)
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def listed_entry(root_fd: int, root: Path, name: str) -> CacheEntry | None:
+    """Entry ``name`` for a listing: a well-formed meta.json naming its folder, nothing checked further."""
+    try:
+        fd = fs.open_dir(name, root_fd)
+    except OSError:
+        return None
+    try:
+        meta, st, reason = read_entry_meta(fd, name)
+        if reason:
+            logger.debug("skipping %s in the listing: %s", root / name, reason)
+            return None
+        dst = os.fstat(fd)
+        return CacheEntry(name, root / name, meta, ident=(dst.st_dev, dst.st_ino), mtime=st.st_mtime)
+    finally:
+        os.close(fd)
+
+
+_HINT_UNTRUSTED = ("if you trust it, give its writer and this process the same trust key "
+                   "(TRT_RUNTIME_TRUST_KEY or trust_key_file) so entries are signed, or keep the cache in a "
+                   "folder only you can write and rebuild; see README, Reliability and security")
+
+
+def report_problem(path: Path, key: str, problem: Problem) -> None:
+    if problem.kind == "untrusted":
+        trust.warn_once(key, problem.reason, "ignoring cache entry %s: %s. Loading it could run code that its "
+                        "writer put there, so it is treated as a miss; %s", path, problem.reason, _HINT_UNTRUSTED)
+    else:
+        trust.warn_once(key, problem.reason, "cache entry %s is damaged (%s); treating it as a miss, it will "
+                        "be rebuilt", path, problem.reason)

@@ -25,13 +25,8 @@ cleaning up, so the caller can go on with the artifact in memory.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import shutil
-import stat
-import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,9 +34,22 @@ from typing import Any
 
 from . import _cache_fs as fs
 from . import _cache_locks as locks
-from . import pt2check, trust
-from ._cache_check import FAILED, META_FILE, READY, CacheEntry, Problem, inspect_entry, read_entry_meta
-from .errors import CacheError, ConfigurationError, ReadOnlyCacheError, UntrustedEntryError
+from . import cache_archive, cache_maint, trust
+from ._cache_check import (
+    FAILED,
+    META_FILE,
+    READY,
+    CacheEntry,
+    Problem,
+    check_programs,
+    inspect_entry,
+    listed_entry,
+    private_copy,
+    report_problem,
+    same_folder,
+)
+from ._cache_store import publish, seal_files
+from .errors import CacheError, ConfigurationError, ReadOnlyCacheError
 
 __all__ = ["EngineCache", "CacheEntry", "Problem", "META_FILE", "MARKER", "READY", "FAILED"]
 
@@ -54,11 +62,6 @@ _MARKER_TEXT = b'{"trt_runtime_cache": 1}\n'
 _AUTO: Any = object()
 _READER_WAIT_S = 10.0
 """A reader waits this long for a remover that holds an entry exclusively (removers are quick)."""
-_REPLACE_WAIT_S = 30.0
-"""A writer replacing an entry waits this long for readers that are loading it."""
-_HINT_UNTRUSTED = ("if you trust it, give its writer and this process the same trust key "
-                   "(TRT_RUNTIME_TRUST_KEY or trust_key_file) so entries are signed, or keep the cache in a "
-                   "folder only you can write and rebuild; see README, Reliability and security")
 
 
 class EngineCache:
@@ -141,7 +144,7 @@ class EngineCache:
         """The trusted, intact entry for ``key``, or None (absent, damaged or untrusted: one warning)."""
         entry, problem = self.check(key)
         if problem is not None:
-            _report(self.path_for(key), key, problem)
+            report_problem(self.path_for(key), key, problem)
         return entry
 
     def check(self, key: str, *, verify_checksum: bool | None = None) -> tuple[CacheEntry | None, Problem | None]:
@@ -149,7 +152,7 @@ class EngineCache:
         _check_key(key)
         verify = self.verify_checksum if verify_checksum is None else verify_checksum
         try:
-            root_fd = self._open_root(create=False)
+            root_fd = self.open_root(create=False)
         except CacheError as err:
             return None, Problem("damaged", err.message)
         if root_fd is None:
@@ -172,16 +175,22 @@ class EngineCache:
         between the check and the load. Raises ``CacheError`` (``UntrustedEntryError`` for a refused
         program): the caller treats it as a miss. The backend must have read everything it needs when
         the block ends."""
-        held = self._read_lock(entry.key, shared=True, wait=_READER_WAIT_S)
+        held = self.read_lock(entry.key, shared=True, wait=_READER_WAIT_S)
         try:
             if entry.in_place:
-                self._same_folder(entry)
-                self._check_programs(entry, entry.path)
+                same_folder(entry)
+                check_programs(entry, entry.path)
                 yield entry.path
             else:
-                with self._private_copy(entry) as folder:
-                    self._check_programs(entry, folder)
-                    yield folder
+                root_fd = self.open_root(create=False)
+                if root_fd is None:
+                    raise CacheError("the cache folder disappeared", path=self.root)
+                try:
+                    with private_copy(root_fd, entry) as folder:
+                        check_programs(entry, folder)
+                        yield folder
+                finally:
+                    os.close(root_fd)
         finally:
             locks.release(held)
 
@@ -195,13 +204,14 @@ class EngineCache:
         """Every entry with a well-formed meta.json naming its folder, newest first. Neither trust nor
         checksums are checked (``trust`` is ""): this lists, it does not load."""
         try:
-            root_fd = self._open_root(create=False)
+            root_fd = self.open_root(create=False)
         except CacheError:
             return []
         if root_fd is None:
             return []
         try:
-            found = [e for name in os.listdir(root_fd) if fs.is_key(name) and (e := _listed(root_fd, self.root, name))]
+            found = [e for name in os.listdir(root_fd)
+                     if fs.is_key(name) and (e := listed_entry(root_fd, self.root, name))]
         finally:
             os.close(root_fd)
         return sorted(found, key=lambda e: e.last_used, reverse=True)
@@ -212,7 +222,7 @@ class EngineCache:
 
     def staging_bytes(self) -> int:
         try:
-            root_fd = self._open_root(create=False)
+            root_fd = self.open_root(create=False)
         except CacheError:
             return 0
         if root_fd is None:
@@ -263,12 +273,12 @@ class EngineCache:
         (``ReadOnlyCacheError`` on a read-only cache). Signed when a trust key is configured."""
         def stage(folder: Path, folder_fd: int) -> dict[str, Any]:
             fill(folder)
-            files = self._seal(folder_fd, folder)
+            files = seal_files(self, folder_fd, folder)
             if not files:
                 raise CacheError("the backend wrote no artifact files", path=folder)
             return {**meta, "status": READY, "files": files}
 
-        entry = self._publish(key, stage)
+        entry = publish(self, key, stage)
         try:
             self.evict(keep=key)
         except CacheError as err:
@@ -284,58 +294,45 @@ class EngineCache:
         def stage(folder: Path, folder_fd: int) -> dict[str, Any]:
             return {**{k: v for k, v in meta.items() if k != "files"}, "status": FAILED, "error": error}
 
-        return self._publish(key, stage, keep_ready=not replace_ready)
+        return publish(self, key, stage, keep_ready=not replace_ready)
 
     # ------------------------------------------------------------------------------------------ removing
     def remove(self, key: str, *, wait: float = _READER_WAIT_S) -> bool:
         """Delete entry ``key`` and its lock files; False when absent. Waits up to ``wait`` seconds for
         readers; raises ``CacheError`` when it is still being loaded or built by another process."""
-        from .cache_maint import remove_entry
-
-        return remove_entry(self, _check_key(key), wait=wait)
+        return cache_maint.remove_entry(self, _check_key(key), wait=wait)
 
     def clear(self, status: str | None = None) -> int:
         """Remove every entry (or only those with ``status``), unfinished staging folders and unused
         lock files; returns how many entries were removed. Entries in use are kept."""
-        from .cache_maint import clear
-
-        return clear(self, status)
+        return cache_maint.clear(self, status)
 
     def evict(self, keep: str | None = None) -> list[str]:
         """Remove least recently used entries (never one in use) until the cache fits ``max_bytes``."""
-        from .cache_maint import evict
-
-        return evict(self, keep)
+        return cache_maint.evict(self, keep)
 
     def prune(self, **criteria: Any) -> list[str]:
         """See ``cache_maint.prune``: by size cap, age, component, failed entries; returns removed keys."""
-        from .cache_maint import prune
+        return cache_maint.prune(self, **criteria)
 
-        return prune(self, **criteria)
-
-    def verify(self, keys: list[str] | None = None) -> list:
+    def verify(self, keys: list[str] | None = None) -> list[cache_maint.Finding]:
         """See ``cache_maint.verify``: checksums, keys, signatures and programs of every entry."""
-        from .cache_maint import verify
+        return cache_maint.verify(self, keys)
 
-        return verify(self, keys)
-
-    def export(self, dest: str | os.PathLike, keys: list[str] | None = None, **filters: Any):
+    def export(self, dest: str | os.PathLike, keys: list[str] | None = None,
+               **filters: Any) -> cache_archive.ArchiveReport:
         """See ``cache_archive.export_entries``."""
-        from .cache_archive import export_entries
+        return cache_archive.export_entries(self, dest, keys, **filters)
 
-        return export_entries(self, dest, keys, **filters)
-
-    def import_(self, source: str | os.PathLike, **options: Any):
+    def import_(self, source: str | os.PathLike, **options: Any) -> cache_archive.ArchiveReport:
         """See ``cache_archive.import_entries``."""
-        from .cache_archive import import_entries
-
-        return import_entries(self, source, **options)
+        return cache_archive.import_entries(self, source, **options)
 
     # ------------------------------------------------------------------------------------------ internals
     def real_root(self) -> str:
         return os.path.realpath(self.root)
 
-    def _open_root(self, create: bool) -> int | None:
+    def open_root(self, create: bool) -> int | None:
         """A descriptor of the cache folder; None when it does not exist and ``create`` is False."""
         real = self.real_root()
         try:
@@ -351,7 +348,7 @@ class EngineCache:
             os.fchmod(fd, self.dir_mode)
             return fd
         except FileExistsError:
-            return self._open_root(create=False)
+            return self.open_root(create=False)
         except OSError as err:
             raise CacheError(f"cannot create the cache folder: {err.strerror or err}", path=self.root) from err
 
@@ -360,7 +357,7 @@ class EngineCache:
         if not self.writable:
             raise ReadOnlyCacheError("the engine cache is read-only", path=self.root,
                                      hint="cache_read_only is set or the folder is on a read-only mount")
-        fd = self._open_root(create=True)
+        fd = self.open_root(create=True)
         try:
             fs.write_new_file(MARKER, fd, _MARKER_TEXT, self.file_mode)
         except FileExistsError:
@@ -394,7 +391,7 @@ class EngineCache:
         finally:
             os.close(fd)
 
-    def _read_lock(self, key: str, *, shared: bool, wait: float) -> int | None:
+    def read_lock(self, key: str, *, shared: bool, wait: float) -> int | None:
         """The entry's read lock, or None where locking is impossible (read-only cache, no permission):
         loading then goes on without it, as it did before locks existed."""
         if not self.writable:
@@ -408,151 +405,9 @@ class EngineCache:
             logger.debug("loading %s without a read lock: %s", key[:12], err)
             return None
 
-    def _same_folder(self, entry: CacheEntry) -> None:
-        try:
-            st = os.stat(self.path_for(entry.key), follow_symlinks=False)
-        except OSError as err:
-            raise CacheError("the entry was removed after it was read", path=entry.path) from err
-        if entry.ident is not None and (st.st_dev, st.st_ino) != entry.ident:
-            raise CacheError("the entry was replaced after it was read; read it again", path=entry.path)
-
-    @contextmanager
-    def _private_copy(self, entry: CacheEntry) -> Iterator[Path]:
-        from .cache_archive import copy_verified
-
-        root_fd = self._open_root(create=False)
-        if root_fd is None:
-            raise CacheError("the cache folder disappeared", path=self.root)
-        tmp = tempfile.mkdtemp(prefix="trt_runtime_load_")
-        try:
-            try:
-                entry_fd = fs.open_dir(entry.key, root_fd)
-            except OSError as err:
-                raise CacheError("the entry was removed after it was read", path=entry.path) from err
-            try:
-                st = os.fstat(entry_fd)
-                if entry.ident is not None and (st.st_dev, st.st_ino) != entry.ident:
-                    raise CacheError("the entry was replaced after it was read; read it again", path=entry.path)
-                for name, info in entry.meta["files"].items():
-                    copy_verified(entry_fd, name, info, Path(tmp))
-            finally:
-                os.close(entry_fd)
-            yield Path(tmp)
-        finally:
-            os.close(root_fd)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    def _check_programs(self, entry: CacheEntry, folder: Path) -> None:
-        for name, info in entry.meta.get("files", {}).items():
-            if not name.endswith(".pt2"):
-                continue
-            undeclared = sorted(set(pt2check.unsafe_records(folder / name)) - set(info.get("pt2_unsafe", [])))
-            if undeclared:
-                reason = f"program {name} has records that unpickle or run code on load: {'; '.join(undeclared)}"
-                trust.warn_once(entry.key, reason, "refusing cache entry %s: %s, and its writer did not record "
-                                "writing them; treating it as a miss", entry.path, reason)
-                raise UntrustedEntryError(reason, path=entry.path)
-
-    def _seal(self, dir_fd: int, folder: Path, prefix: str = "") -> dict[str, dict[str, Any]]:
-        """Set private modes on what ``fill`` wrote and describe each file (size, sha256, pt2 records).
-        Refuses links and special files: an entry holds nothing but regular files and folders."""
-        files: dict[str, dict[str, Any]] = {}
-        with os.scandir(dir_fd) as it:
-            items = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
-        for name, st in items:
-            rel = prefix + name
-            if stat.S_ISDIR(st.st_mode):
-                sub = fs.open_dir(name, dir_fd)
-                try:
-                    os.fchmod(sub, self.dir_mode)
-                    files.update(self._seal(sub, folder, rel + "/"))
-                finally:
-                    os.close(sub)
-            elif stat.S_ISREG(st.st_mode) and rel != META_FILE:
-                fd = fs.open_file(name, dir_fd)
-                try:
-                    os.fchmod(fd, self.file_mode)
-                    info: dict[str, Any] = {"size": os.fstat(fd).st_size, "sha256": fs.sha256_fd(fd)}
-                finally:
-                    os.close(fd)
-                if rel.endswith(".pt2"):
-                    info["pt2_unsafe"] = pt2check.unsafe_records(folder / rel)
-                files[rel] = info
-            else:
-                raise CacheError(f"the backend wrote {rel}, which is not a regular file or folder; refusing to "
-                                 "publish it", path=folder)
-        return files
-
-    def _publish(self, key: str, stage: Callable[[Path, int], dict[str, Any]], *,
-                 keep_ready: bool = False) -> CacheEntry:
-        from .cache_maint import install, staging_name
-
-        path = self.path_for(key)
-        root_fd = self.writable_root()
-        staging_fd = folder_fd = None
-        name = staging_name(key, "new")
-        try:
-            staging_fd = fs.subdir(root_fd, STAGING, self.dir_mode, create=True)
-            folder_fd = fs.make_dir(name, staging_fd, 0o700)
-            meta = self.seal_meta(key, stage(Path(self.real_root()) / STAGING / name, folder_fd))
-            text = json.dumps(meta, indent=2, sort_keys=True).encode()
-            fs.write_new_file(META_FILE, folder_fd, text, self.file_mode)
-            os.fchmod(folder_fd, self.dir_mode)
-            kept = install(self, root_fd, staging_fd, name, key, keep_ready=keep_ready)
-            if kept is not None:
-                return kept
-            st = os.fstat(folder_fd)
-            return CacheEntry(key, path, meta, ident=(st.st_dev, st.st_ino))
-        except CacheError:
-            raise
-        except OSError as err:
-            raise CacheError(f"cannot write cache entry: {err.strerror or err}", path=path) from err
-        except Exception as err:
-            raise CacheError(f"cannot write cache entry: {type(err).__name__}: {err}", path=path) from err
-        finally:
-            if staging_fd is not None:
-                with contextlib.suppress(OSError):
-                    fs.remove_tree(name, staging_fd)
-                os.close(staging_fd)
-            if folder_fd is not None:
-                os.close(folder_fd)
-            os.close(root_fd)
-
-    def seal_meta(self, key: str, meta: dict[str, Any]) -> dict[str, Any]:
-        """meta as it will be read back (JSON round trip), with key, time and, given a key, ``hmac``."""
-        meta = json.loads(json.dumps({**meta, "key": key, "written": time.time()}, default=str))
-        meta.pop(trust.MAC_FIELD, None)
-        if self.trust_key is not None:
-            meta[trust.MAC_FIELD] = self.trust_key.sign(meta)
-        return meta
 
 
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not fs.is_key(key):
         raise CacheError(f"invalid cache key {str(key)[:80]!r}", hint="keys are 32-64 lowercase hex digits")
     return key
-
-
-def _listed(root_fd: int, root: Path, name: str) -> CacheEntry | None:
-    try:
-        fd = fs.open_dir(name, root_fd)
-    except OSError:
-        return None
-    try:
-        meta, st, reason = read_entry_meta(fd, name)
-        if reason:
-            logger.debug("skipping %s in the listing: %s", root / name, reason)
-            return None
-        dst = os.fstat(fd)
-        return CacheEntry(name, root / name, meta, ident=(dst.st_dev, dst.st_ino), mtime=st.st_mtime)
-    finally:
-        os.close(fd)
-
-
-def _report(path: Path, key: str, problem: Problem) -> None:
-    if problem.kind == "untrusted":
-        trust.warn_once(key, problem.reason, "ignoring cache entry %s: %s. Loading it could run code that its "
-                        "writer put there, so it is treated as a miss; %s", path, problem.reason, _HINT_UNTRUSTED)
-    else:
-        trust.warn_once(key, problem.reason, "cache entry %s is damaged (%s); treating it as a miss, it will "
-                        "be rebuilt", path, problem.reason)

@@ -42,13 +42,14 @@ from typing import IO, TYPE_CHECKING, Any
 from . import _cache_fs as fs
 from . import _cache_locks as locks
 from . import pt2check
-from ._cache_check import META_LIMIT, READY, parse_meta, validate_meta
+from ._cache_check import META_LIMIT, READY, parse_meta, validate_meta, write_verified
+from ._cache_store import publish
 from .errors import CacheError, ReadOnlyCacheError, UntrustedEntryError
 
 if TYPE_CHECKING:
     from .cache import EngineCache
 
-__all__ = ["ArchiveReport", "export_entries", "import_entries", "copy_verified", "environment_mismatch"]
+__all__ = ["ArchiveReport", "export_entries", "import_entries", "environment_mismatch"]
 
 FORMAT = "trt_runtime-cache-archive"
 _MANIFEST = "MANIFEST.json"
@@ -119,8 +120,8 @@ def _info(name: str, size: int) -> tarfile.TarInfo:
 
 
 def _add_files(cache: EngineCache, tar: tarfile.TarFile, entry) -> None:
-    held = cache._read_lock(entry.key, shared=True, wait=10.0)
-    root_fd = cache._open_root(create=False)
+    held = cache.read_lock(entry.key, shared=True, wait=10.0)
+    root_fd = cache.open_root(create=False)
     try:
         entry_fd = fs.open_dir(entry.key, root_fd)
         try:
@@ -235,7 +236,7 @@ def _import_one(cache, tar, members, member, listed, environment, allow_unsigned
             info = pending.pop(match.group(2))
             if nxt.size != info["size"]:
                 raise CacheError(f"{match.group(2)} has {nxt.size} bytes in the archive, meta.json says {info['size']}")
-            _write_verified(tar.extractfile(nxt), folder_fd, match.group(2), info, cache.file_mode)
+            write_verified(tar.extractfile(nxt), folder_fd, match.group(2), info, cache.file_mode)
             if match.group(2).endswith(".pt2"):
                 extra = set(pt2check.unsafe_records(folder / match.group(2))) - set(info.get("pt2_unsafe", []))
                 if extra:
@@ -245,7 +246,7 @@ def _import_one(cache, tar, members, member, listed, environment, allow_unsigned
     if not replace and (existing := cache.check(key)[0]) is not None and existing.status == READY:
         return "a ready entry with this key exists already (import with replace=True to overwrite it)"
     try:
-        cache._publish(key, stage, keep_ready=not replace)
+        publish(cache, key, stage, keep_ready=not replace)
     except CacheError as err:
         return err.message
     return None
@@ -265,49 +266,6 @@ class _Members:
 
     def push(self, member: tarfile.TarInfo | None) -> None:
         self._back = member
-
-
-def _write_verified(src: IO[bytes], folder_fd: int, rel: str, info: dict, mode: int) -> None:
-    parts = rel.split("/")
-    fds = []
-    try:
-        current = folder_fd
-        for part in parts[:-1]:
-            current = fs.make_dir(part, current, 0o700, exist_ok=True)
-            fds.append(current)
-        out = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                      dir_fd=current)
-        try:
-            os.fchmod(out, mode)
-            h, size = hashlib.sha256(), 0
-            while block := src.read(1 << 20):
-                h.update(block)
-                size += len(block)
-                os.write(out, block)
-        finally:
-            os.close(out)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    if size != info["size"] or h.hexdigest() != info["sha256"]:
-        raise UntrustedEntryError(f"{rel} does not match the checksum in its meta.json")
-
-
-def copy_verified(entry_fd: int, rel: str, info: dict, dest: Path) -> None:
-    """Copy file ``rel`` of an open entry to ``dest/rel`` (0600), checking size and sha256 of the bytes
-    copied: what a backend then reads is exactly what the signature covers."""
-    src = fs.open_file(rel, entry_fd)
-    try:
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(src, "rb", closefd=False) as reader:
-            dest_fd = fs.open_dir(str(target.parent), follow=True)
-            try:
-                _write_verified(reader, dest_fd, target.name, info, 0o600)
-            finally:
-                os.close(dest_fd)
-    finally:
-        os.close(src)
 
 
 def environment_mismatch(built: Mapping[str, Any], here: Mapping[str, Any]) -> str | None:

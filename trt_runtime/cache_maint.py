@@ -19,34 +19,28 @@ Rules that keep deletion inside the cache and away from readers:
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import logging
 import os
 import re
-import secrets
-import socket
 import stat
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _cache_fs as fs
 from . import _cache_locks as locks
-from ._cache_check import FAILED, META_LIMIT, CacheEntry, read_entry_meta
+from ._cache_check import FAILED, META_LIMIT, CacheEntry, check_programs
+from ._cache_store import STAGING_RE, host, staging_name
 from .errors import CacheError, ReadOnlyCacheError, UntrustedEntryError
 
 if TYPE_CHECKING:
     from .cache import EngineCache
 
-__all__ = ["Finding", "staging_name", "install", "remove_entry", "clear", "evict", "prune", "verify"]
+__all__ = ["Finding", "remove_entry", "clear", "evict", "prune", "verify"]
 
 logger = logging.getLogger(__name__)
 
-_STAGING_RE = re.compile(r"(?P<key>[0-9a-f]{32,64})\.(?P<host>[A-Za-z0-9-]{1,63})\.(?P<pid>\d{1,10})\.[0-9a-f]{8}"
-                         r"\.(?P<kind>new|old|rm)")
 _LEGACY_RE = re.compile(r"[0-9a-f]{32,64}\.(\d{1,10}|old|rm)\.[0-9a-f]{8}")
-_REPLACE_WAIT_S = 30.0
 _TRASH_GRACE_S = 600.0
 _LOCAL_STALE_S = 24 * 3600.0
 _CAP: Any = object()
@@ -58,72 +52,6 @@ class Finding(NamedTuple):
     """``ok``, ``damaged`` or ``untrusted``."""
     reason: str = ""
     trust: str = ""
-
-
-@functools.lru_cache(maxsize=1)
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
-
-
-def staging_name(key: str, kind: str) -> str:
-    return f"{key}.{_host()}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
-
-
-# ------------------------------------------------------------------------------------------------ publishing
-def install(cache: EngineCache, root_fd: int, staging_fd: int, name: str, key: str, *,
-            keep_ready: bool) -> CacheEntry | None:
-    """Rename staged folder ``name`` to ``key``. An existing entry is moved aside first (after waiting
-    for its readers), except a ready one when ``keep_ready``: that is returned and ours dropped."""
-    for _ in range(4):
-        try:
-            os.rename(name, key, src_dir_fd=staging_fd, dst_dir_fd=root_fd)
-            return None
-        except OSError as err:
-            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-                raise
-        try:
-            st = os.stat(key, dir_fd=root_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            os.unlink(key, dir_fd=root_fd)  # a link or file where the entry belongs
-            continue
-        if keep_ready and (ready := _ready(root_fd, key, key, cache)) is not None:
-            return ready
-        trash = staging_name(key, "old")
-        with locks_folder(cache, root_fd) as locks_fd:
-            try:
-                held = _hold(locks_fd, key, wait=_REPLACE_WAIT_S, build=False)
-            except OSError as err:
-                logger.debug("replacing %s while it may be read: %s", key[:12], err)
-                held = []
-            try:
-                os.rename(key, trash, src_dir_fd=root_fd, dst_dir_fd=staging_fd)
-            except FileNotFoundError:
-                continue
-            finally:
-                for fd in held:
-                    locks.release(fd)
-        if keep_ready and (ready := _ready(staging_fd, trash, key, cache)) is not None:
-            try:  # a ready entry was published between our look and our move: put it back
-                os.rename(trash, key, src_dir_fd=staging_fd, dst_dir_fd=root_fd)
-                return ready
-            except OSError:
-                pass
-        fs.remove_tree(trash, staging_fd)
-    raise CacheError("another process kept replacing this entry while it was written", path=cache.path_for(key))
-
-
-def _ready(parent_fd: int, name: str, key: str, cache: EngineCache) -> CacheEntry | None:
-    try:
-        fd = fs.open_dir(name, parent_fd)
-    except OSError:
-        return None
-    try:
-        meta, _, reason = read_entry_meta(fd, key)
-    finally:
-        os.close(fd)
-    return CacheEntry(key, cache.path_for(key), meta) if meta and meta.get("status") == "ready" else None
 
 
 # ------------------------------------------------------------------------------------------------ removing
@@ -155,7 +83,7 @@ def _hold(locks_fd: int, key: str, *, wait: float, build: bool) -> list[int]:
 def remove_entry(cache: EngineCache, key: str, *, wait: float) -> bool:
     if not cache.writable:
         raise ReadOnlyCacheError("the engine cache is read-only", path=cache.root)
-    root_fd = cache._open_root(create=False)
+    root_fd = cache.open_root(create=False)
     if root_fd is None:
         return False
     try:
@@ -234,7 +162,7 @@ def _owned_meta(root_fd: int, name: str) -> dict | None:
 
 
 def clear(cache: EngineCache, status: str | None) -> int:
-    root_fd = cache._open_root(create=False)
+    root_fd = cache.open_root(create=False)
     if root_fd is None:
         return 0
     try:
@@ -273,7 +201,7 @@ def clear(cache: EngineCache, status: str | None) -> int:
 def evict(cache: EngineCache, keep: str | None) -> list[str]:
     if not cache.writable:
         return []
-    root_fd = cache._open_root(create=False)
+    root_fd = cache.open_root(create=False)
     if root_fd is None:
         return []
     try:
@@ -320,7 +248,7 @@ def prune(cache: EngineCache, *, max_bytes: int | None = _CAP, older_than_s: flo
     unused lock files. Safe while other processes read."""
     if max_bytes is _CAP:
         max_bytes = cache.max_bytes if not (failed or older_than_s is not None) else None
-    root_fd = cache._open_root(create=False)
+    root_fd = cache.open_root(create=False)
     if root_fd is None:
         return []
     try:
@@ -352,7 +280,7 @@ def prune(cache: EngineCache, *, max_bytes: int | None = _CAP, older_than_s: flo
 def verify(cache: EngineCache, keys: list[str] | None) -> list[Finding]:
     """Check every entry (or ``keys``) fully: schema, key, trust/signature, sizes, sha256 (whatever
     ``verify_checksum`` says), ``.pt2`` records. Read-only and safe while other processes read or write."""
-    root_fd = cache._open_root(create=False)
+    root_fd = cache.open_root(create=False)
     if root_fd is None:
         return []
     try:
@@ -361,7 +289,7 @@ def verify(cache: EngineCache, keys: list[str] | None) -> list[Finding]:
         os.close(root_fd)
     findings = []
     for key in names:
-        held = cache._read_lock(key, shared=True, wait=10.0) if cache.writable else None
+        held = cache.read_lock(key, shared=True, wait=10.0) if cache.writable else None
         try:
             entry, problem = cache.check(key, verify_checksum=True)
             if problem is not None:
@@ -372,7 +300,7 @@ def verify(cache: EngineCache, keys: list[str] | None) -> list[Finding]:
                 continue
             try:
                 if entry.in_place:
-                    cache._check_programs(entry, entry.path)
+                    check_programs(entry, entry.path)
             except UntrustedEntryError as err:
                 findings.append(Finding(key, "untrusted", err.message, entry.trust))
                 continue
@@ -421,10 +349,10 @@ def _sweep_staging(cache: EngineCache, root_fd: int) -> None:
 
 def _abandoned(name: str, st: os.stat_result, now: float, stale_after_s: float) -> bool:
     age = now - st.st_mtime
-    m = _STAGING_RE.fullmatch(name)
+    m = STAGING_RE.fullmatch(name)
     if m is None:
         return bool(_LEGACY_RE.fullmatch(name)) and age > stale_after_s  # not ours: never
-    if m["host"] != _host():
+    if m["host"] != host():
         return age > stale_after_s  # another host's pid means nothing here: judge by age only
     alive = _pid_alive(int(m["pid"]))
     if m["kind"] != "new":  # trash: its creator deletes it right away
