@@ -194,3 +194,21 @@ def test_signature_covers_every_field_but_not_formatting():
     for field, value in [("status", "failed"), ("shapes", [[1, 3]]), ("key", "cd" * 20)]:
         assert "does not match" in SECRET.check({**signed, field: value})
     assert SECRET.check(signed, "archive") is not None  # domains are separate
+
+
+def test_group_sharing_needs_signatures_unless_the_group_is_private(tmp_path):
+    team = 4321  # a team group: other users may be in it
+    signed = EngineCache(tmp_path / "cache", sharing="group", trust_key=SECRET)
+    signed.write(KEY, {}, fill_with(b"x"))
+    for path in (signed.root, signed.path_for(KEY), signed.path_for(KEY) / "engine.bin"):
+        os.chown(path, -1, team)
+    assert stat.S_IMODE(os.stat(signed.root).st_mode) == 0o2770
+    unsigned_reader = EngineCache(tmp_path / "cache", sharing="group", trust_key=None)
+    assert unsigned_reader.read(KEY) is None
+    assert "writable by group" in unsigned_reader.check(KEY)[1].reason
+    entry = signed.read(KEY)
+    assert entry.trust == "signature" and not entry.in_place
+    # root's own group is private (named like the user, no members): group write is harmless there
+    for path in (signed.root, signed.path_for(KEY), signed.path_for(KEY) / "engine.bin"):
+        os.chown(path, -1, 0)
+    assert unsigned_reader.read(KEY).trust == "owner"

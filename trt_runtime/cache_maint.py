@@ -19,6 +19,7 @@ Rules that keep deletion inside the cache and away from readers:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -54,6 +55,20 @@ class Finding(NamedTuple):
     trust: str = ""
 
 
+def _as_cache_error(func):
+    """Maintenance raises ``CacheError`` (with the path) for file-system failures, never a bare OSError."""
+    @functools.wraps(func)
+    def run(cache: EngineCache, *args: Any, **kwargs: Any):
+        try:
+            return func(cache, *args, **kwargs)
+        except CacheError:
+            raise
+        except OSError as err:
+            raise CacheError(f"{func.__name__} failed: {err.strerror or err}", path=err.filename or cache.root) from err
+
+    return run
+
+
 # ------------------------------------------------------------------------------------------------ removing
 class locks_folder:  # noqa: N801 - a context manager used like a function
     """The ``.locks`` folder of an open cache folder (created, links replaced)."""
@@ -80,6 +95,7 @@ def _hold(locks_fd: int, key: str, *, wait: float, build: bool) -> list[int]:
     return held
 
 
+@_as_cache_error
 def remove_entry(cache: EngineCache, key: str, *, wait: float) -> bool:
     if not cache.writable:
         raise ReadOnlyCacheError("the engine cache is read-only", path=cache.root)
@@ -113,12 +129,13 @@ def _remove_at(cache: EngineCache, root_fd: int, key: str, wait: float) -> bool:
                 os.rename(key, trash, src_dir_fd=root_fd, dst_dir_fd=staging_fd)
             except FileNotFoundError:
                 return False
-            finally:
+            else:
                 for suffix in (".read", ".lock"):  # held by us: safe to unlink (see _cache_locks)
                     try:
                         os.unlink(f"{key}{suffix}", dir_fd=locks_fd)
                     except OSError:
                         pass
+            finally:
                 for fd in held:
                     locks.release(fd)
         fs.remove_tree(trash, staging_fd)
@@ -161,6 +178,7 @@ def _owned_meta(root_fd: int, name: str) -> dict | None:
     return meta if isinstance(meta, dict) and meta.get("key") == name else None
 
 
+@_as_cache_error
 def clear(cache: EngineCache, status: str | None) -> int:
     root_fd = cache.open_root(create=False)
     if root_fd is None:
@@ -198,6 +216,7 @@ def clear(cache: EngineCache, status: str | None) -> int:
         os.close(root_fd)
 
 
+@_as_cache_error
 def evict(cache: EngineCache, keep: str | None) -> list[str]:
     if not cache.writable:
         return []
@@ -237,6 +256,7 @@ def _shrink(cache: EngineCache, root_fd: int, candidates: list[CacheEntry], cap:
     return removed
 
 
+@_as_cache_error
 def prune(cache: EngineCache, *, max_bytes: int | None = _CAP, older_than_s: float | None = None,
           component: str | None = None, failed: bool = False, dry_run: bool = False) -> list[str]:
     """Remove entries; returns their keys (with ``dry_run``, those it would remove).
@@ -277,6 +297,7 @@ def prune(cache: EngineCache, *, max_bytes: int | None = _CAP, older_than_s: flo
         os.close(root_fd)
 
 
+@_as_cache_error
 def verify(cache: EngineCache, keys: list[str] | None) -> list[Finding]:
     """Check every entry (or ``keys``) fully: schema, key, trust/signature, sizes, sha256 (whatever
     ``verify_checksum`` says), ``.pt2`` records. Read-only and safe while other processes read or write."""
@@ -289,7 +310,10 @@ def verify(cache: EngineCache, keys: list[str] | None) -> list[Finding]:
         os.close(root_fd)
     findings = []
     for key in names:
-        held = cache.read_lock(key, shared=True, wait=10.0) if cache.writable else None
+        try:
+            held = cache.read_lock(key, shared=True, wait=10.0) if cache.writable else None
+        except CacheError:
+            continue  # being removed right now: nothing left to verify
         try:
             entry, problem = cache.check(key, verify_checksum=True)
             if problem is not None:

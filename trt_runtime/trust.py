@@ -27,6 +27,7 @@ With a key configured every entry written is signed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -183,7 +184,10 @@ def trusted_uids() -> frozenset[int]:
 
 
 def unsafe_reason(st: os.stat_result, what: str, *, dir_ok_if_sticky: bool = False) -> str | None:
-    """Why a file or folder with this (l)stat could have been written by someone else, or None."""
+    """Why a file or folder with this (l)stat could have been written by someone else, or None.
+
+    Group write is harmless when the group is the owner's private group (named like the user, no other
+    members: the "user private group" of Debian/Ubuntu, where umask 002 is common)."""
     uids = trusted_uids()
     if stat.S_ISLNK(st.st_mode):
         return f"{what} is a symbolic link"
@@ -191,9 +195,24 @@ def unsafe_reason(st: os.stat_result, what: str, *, dir_ok_if_sticky: bool = Fal
         return f"{what} is not a regular file or folder"
     if st.st_uid not in uids:
         return f"{what} is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
-    if st.st_mode & 0o022 and not (dir_ok_if_sticky and st.st_mode & stat.S_ISVTX):
+    if dir_ok_if_sticky and st.st_mode & stat.S_ISVTX:
+        return None
+    writable = st.st_mode & 0o002 or (st.st_mode & 0o020 and not _private_group(st.st_gid, st.st_uid))
+    if writable:
         return f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _private_group(gid: int, uid: int) -> bool:
+    try:
+        import grp
+        import pwd
+
+        group, user = grp.getgrgid(gid), pwd.getpwuid(uid)
+    except (ImportError, KeyError):
+        return False
+    return group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
 
 
 def ancestors_reason(folder: str | os.PathLike) -> str | None:
