@@ -258,3 +258,23 @@ def test_total_bytes_counts_unfinished_staging(tmp_path):
     dead.mkdir()
     (dead / "engine.bin").write_bytes(b"y" * 1000)
     assert cache.total_bytes() == 1100
+
+
+def test_an_entry_we_cannot_delete_is_still_replaced(tmp_path, monkeypatch):
+    """A non-root user cannot delete files inside another user's planted entry: it is moved aside and
+    left in .staging, and our entry is published all the same."""
+    from trt_runtime import _cache_fs
+
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {"generation": 1}, fill_with(b"planted"))
+    real = _cache_fs.remove_tree
+
+    def refuse_trash(name, dir_fd):
+        if name.endswith((".old", ".rm")):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(name, dir_fd)
+
+    monkeypatch.setattr(_cache_fs, "remove_tree", refuse_trash)
+    cache.write(KEY, {"generation": 2}, fill_with(b"ours"))
+    assert cache.read(KEY).meta["generation"] == 2
+    assert cache.remove(KEY) and cache.read(KEY) is None

@@ -35,7 +35,7 @@ from .errors import CacheError
 if TYPE_CHECKING:
     from .cache import EngineCache
 
-__all__ = ["publish", "seal_files", "seal_meta", "staging_name", "host", "STAGING_RE", "REPLACE_WAIT_S"]
+__all__ = ["publish", "seal_files", "seal_meta", "staging_name", "host", "discard", "STAGING_RE", "REPLACE_WAIT_S"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +172,16 @@ def _install(cache: EngineCache, root_fd: int, staging_fd: int, name: str, key: 
                 return ready
             except OSError:
                 pass
-        fs.remove_tree(trash, staging_fd)
+        discard(trash, staging_fd)
     raise CacheError("another process kept replacing this entry while it was written", path=cache.path_for(key))
+
+
+def discard(name: str, staging_fd: int) -> None:
+    """Delete a folder moved aside; one we cannot delete (another user's files) is left to the sweeps."""
+    try:
+        fs.remove_tree(name, staging_fd)
+    except OSError as err:
+        logger.debug("leaving %s in .staging: %s", name, err)
 
 
 def _ready(parent_fd: int, name: str, key: str, cache: EngineCache) -> CacheEntry | None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import _cache_fs as fs
 from . import _cache_locks as locks
 from ._cache_check import FAILED, META_LIMIT, CacheEntry, check_programs
-from ._cache_store import STAGING_RE, host, staging_name
+from ._cache_store import STAGING_RE, discard, host, staging_name
 from .errors import CacheError, ReadOnlyCacheError, UntrustedEntryError
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ def _remove_at(cache: EngineCache, root_fd: int, key: str, wait: float) -> bool:
             finally:
                 for fd in held:
                     locks.release(fd)
-        fs.remove_tree(trash, staging_fd)
+        discard(trash, staging_fd)
         return True
     except CacheError:
         raise
