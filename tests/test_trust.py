@@ -212,3 +212,13 @@ def test_group_sharing_needs_signatures_unless_the_group_is_private(tmp_path):
     for path in (signed.root, signed.path_for(KEY), signed.path_for(KEY) / "engine.bin"):
         os.chown(path, -1, 0)
     assert unsigned_reader.read(KEY).trust == "owner"
+
+
+def test_a_cache_reached_through_a_symlink_is_checked_and_loaded_where_it_really_is(tmp_path):
+    real = tmp_path / "real"
+    cache = EngineCache(real / "cache")
+    cache.write(KEY, {}, fill_with(b"x"))
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    entry = EngineCache(link / "cache").read(KEY)
+    assert entry.trust == "owner" and entry.path == real / "cache" / KEY  # not through the link

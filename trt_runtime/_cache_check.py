@@ -154,7 +154,8 @@ def read_entry_meta(entry_fd: int, key: str) -> tuple[dict | None, os.stat_resul
 
 def inspect_entry(root_fd: int, root: Path, key: str, *, trust_key: TrustKey | None, root_reason: str | None,
                   verify_checksum: bool, read_only_fs: bool) -> tuple[CacheEntry | None, Problem | None]:
-    """Check entry ``key`` below the open cache folder: schema, trust, then sizes and checksums."""
+    """Check entry ``key`` below the open cache folder ``root`` (its resolved path): schema, trust, then
+    sizes and checksums. The entry's ``path`` is under ``root``, so a backend opens what was checked."""
     try:
         entry_fd = fs.open_dir(key, root_fd)
     except FileNotFoundError:

@@ -151,15 +151,16 @@ class EngineCache:
         """``read`` without the warning: (entry, None), (None, None) when absent, or (None, problem)."""
         _check_key(key)
         verify = self.verify_checksum if verify_checksum is None else verify_checksum
+        real = self.real_root()  # resolved once: the chain checked is the chain a backend then opens
         try:
-            root_fd = self.open_root(create=False)
+            root_fd = self.open_root(create=False, real=real)
         except CacheError as err:
             return None, Problem("damaged", err.message)
         if root_fd is None:
             return None, None
         try:
-            return inspect_entry(root_fd, self.root, key, trust_key=self.trust_key,
-                                 root_reason=self._root_reason(root_fd), verify_checksum=verify,
+            return inspect_entry(root_fd, Path(real), key, trust_key=self.trust_key,
+                                 root_reason=self._root_reason(root_fd, real), verify_checksum=verify,
                                  read_only_fs=self.read_only_mount)
         finally:
             os.close(root_fd)
@@ -332,9 +333,10 @@ class EngineCache:
     def real_root(self) -> str:
         return os.path.realpath(self.root)
 
-    def open_root(self, create: bool) -> int | None:
-        """A descriptor of the cache folder; None when it does not exist and ``create`` is False."""
-        real = self.real_root()
+    def open_root(self, create: bool, real: str | None = None) -> int | None:
+        """A descriptor of the cache folder (``real``: its resolved path); None when it does not exist
+        and ``create`` is False."""
+        real = real or self.real_root()
         try:
             return fs.open_dir(real, follow=True)
         except FileNotFoundError:
@@ -367,12 +369,12 @@ class EngineCache:
             raise CacheError(f"cannot write the cache marker: {err.strerror or err}", path=self.root) from err
         return fd
 
-    def _root_reason(self, root_fd: int) -> str | None:
+    def _root_reason(self, root_fd: int, real: str) -> str | None:
         """Why someone other than us (or root) could change what is in the cache folder, or None."""
-        reason = trust.ancestors_reason(self.root)
+        reason = trust.ancestors_reason(real)
         if reason:
             return reason
-        opened, named = os.fstat(root_fd), os.stat(self.real_root(), follow_symlinks=False)
+        opened, named = os.fstat(root_fd), os.stat(real, follow_symlinks=False)
         if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
             return "the cache folder was replaced while it was being checked"
         return None

@@ -216,11 +216,12 @@ def _private_group(gid: int, uid: int) -> bool:
 
 
 def ancestors_reason(folder: str | os.PathLike) -> str | None:
-    """Why another user could replace ``folder`` (resolved) or a folder above it, or None.
+    """Why another user could replace ``folder`` or a folder above it, or None.
 
-    A folder above may be writable by others only with the sticky bit (``/tmp``): then nobody can
-    rename what they do not own."""
-    path = os.path.realpath(folder)
+    Pass a resolved path (``os.path.realpath``): the chain is checked with ``lstat`` as given, so a
+    component that is (or became) a link is reported, not followed. A folder above may be writable by
+    others only with the sticky bit (``/tmp``): then nobody can rename what they do not own."""
+    path = os.path.abspath(folder)
     parts = Path(path).parts
     current = Path(parts[0])
     for part in (*parts[1:], None):
