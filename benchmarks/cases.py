@@ -26,7 +26,8 @@ class Case:
 
     ``build(size)`` returns the module in float32 on the CPU; ``inputs(size, device, dtype)`` the keyword
     arguments of one step; ``call(module, inputs)`` runs it and returns the output (tensors);
-    ``compile_plain(module)`` applies plain ``torch.compile`` to a copy the way a user would;
+    ``compile_plain(module, mode)`` applies plain ``torch.compile`` (``mode`` None: default;
+    ``"reduce-overhead"``: with CUDA graphs) to a copy the way a user would;
     ``wrap(module, runtime)`` installs trt_runtime's wrapper in place.
     """
 
@@ -35,7 +36,7 @@ class Case:
     build: Callable[[str], Module]
     inputs: Callable[[str, torch.device, torch.dtype], dict[str, Any]]
     call: Callable[[Module, dict[str, Any]], Any]
-    compile_plain: Callable[[Module], Module]
+    compile_plain: Callable[[Module, str | None], Module]
     wrap: Callable[[Module, Any], Any]
     dtype: torch.dtype = torch.float16
     note: str = ""
@@ -47,8 +48,8 @@ def flatten_output(out: Any) -> torch.Tensor:
     return torch.cat([t.detach().double().flatten().cpu() for t in tensors])
 
 
-def _compile(module: Module) -> Module:
-    return torch.compile(module, fullgraph=True)
+def _compile(module: Module, mode: str | None = None) -> Module:
+    return torch.compile(module, fullgraph=True, mode=mode)
 
 
 def _forward_tuple(module: Module, inputs: dict[str, Any]) -> Any:
@@ -150,9 +151,9 @@ def _vae_call(module: Module, inputs: dict[str, Any]) -> Any:
     return module.decode(inputs["z"], return_dict=False)[0]
 
 
-def _vae_compile(module: Module) -> Module:
+def _vae_compile(module: Module, mode: str | None = None) -> Module:
     # diffusers' own recipe compiles the decoder (the part that carries all the compute)
-    module.decoder = torch.compile(module.decoder, fullgraph=True)
+    module.decoder = torch.compile(module.decoder, fullgraph=True, mode=mode)
     return module
 
 

@@ -39,7 +39,7 @@ def pytest_addoption(parser):
     group.addoption("--bench-settings", default="{}",
                     help='RuntimeSettings overrides for the trt_runtime variant, JSON: \'{"cuda_graphs": true}\'')
     group.addoption("--bench-json", default=None, help="write every figure to this JSON file (updated per case)")
-    group.addoption("--bench-variants", default="eager,torch_compile,trt_runtime",
+    group.addoption("--bench-variants", default="eager,torch_compile,torch_compile_ro,trt_runtime",
                     help="comma-separated variants to run beside eager (eager always runs: it is the reference)")
 
 
@@ -95,7 +95,9 @@ class Options:
         self.settings: dict[str, Any] = json.loads(config.getoption("--bench-settings"))
         self.scratch = _SCRATCH
         chosen = set(config.getoption("--bench-variants").split(","))
-        self.variants = tuple(v for v in ("eager", "torch_compile", "trt_runtime") if v == "eager" or v in chosen)
+        from .harness import VARIANTS
+
+        self.variants = tuple(v for v in VARIANTS if v == "eager" or v in chosen)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # the honest eager baseline
 

@@ -1,8 +1,9 @@
 """Measuring: variants of one case prepared side by side, timed interleaved, compared to eager.
 
-Three variants run in one process on the same inputs: ``eager`` (with ``cudnn.benchmark`` on),
-``torch_compile`` (plain ``torch.compile`` of a copy, the way users do it) and ``trt_runtime`` (our
-wrapper on another copy, backend ``auto``). Timing alternates the variants round by round, so a drift of
+Four variants run in one process on the same inputs: ``eager`` (with ``cudnn.benchmark`` on),
+``torch_compile`` (plain ``torch.compile`` of a copy, the way users do it), ``torch_compile_ro`` (the
+one-liner users compare with: ``torch.compile(mode="reduce-overhead")``, CUDA graphs included) and
+``trt_runtime`` (our wrapper on another copy, default settings unless ``--bench-settings``). Timing alternates the variants round by round, so a drift of
 the GPU's clocks touches all of them alike; each figure is a median of per-call times taken with the
 device synchronised. ``trt_runtime`` is compiled first, with an empty engine cache and an empty inductor
 cache: its first call is the cold compile a user sees. ``torch_compile`` compiles second and may reuse
@@ -32,7 +33,8 @@ __all__ = ["Prepared", "prepare", "time_interleaved", "sync", "warm_start", "rel
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("eager", "torch_compile", "trt_runtime")
+VARIANTS = ("eager", "torch_compile", "torch_compile_ro", "trt_runtime")
+PLAIN_MODES = {"torch_compile": None, "torch_compile_ro": "reduce-overhead"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -58,6 +60,8 @@ class Prepared:
     figures: dict[str, Any]
     runtime: Any
     modules: list[torch.nn.Module]
+    components: list[Any] = dataclasses.field(default_factory=list)
+    """Our variant's runtime components (their CUDA graphs are measured)."""
 
     def release(self) -> None:
         self.runs.clear()
@@ -107,23 +111,29 @@ def prepare(case: Case, size: str, device: torch.device, dtype: torch.dtype, cac
     if "trt_runtime" in variants:
         modules["trt_runtime"] = variant_copy(eager)
         wrapped = case.wrap(modules["trt_runtime"], runtime)
-    if "torch_compile" in variants:
-        modules["torch_compile"] = case.compile_plain(variant_copy(eager))
+    for name, mode in PLAIN_MODES.items():
+        if name in variants:
+            modules[name] = case.compile_plain(variant_copy(eager), mode)
     runs = {name: (lambda m=module: case.call(m, inputs)) for name, module in modules.items()}
     with torch.inference_mode():
         reference, figures["eager_first_call_s"] = _timed_first_call(runs["eager"], device)
-        for name in ("trt_runtime", "torch_compile"):  # ours first: its compile is the cold one
+        for name in ("trt_runtime", *PLAIN_MODES):  # ours first: its compile is the cold one
             if name not in runs:
                 continue
             logger.info("[%s] compiling with %s", case.name, name)
             out, figures[f"{name}_first_call_s"] = _timed_first_call(runs[name], device)
             figures[f"{name}_rel_error"] = relative_error(out, reference)
-        for fn in runs.values():  # second calls: anything still lazy happens here, not in the timing
-            fn()
+        for _ in range(3):  # later calls: CUDA graph captures (ours on the 2nd call) happen here, not timed
+            for fn in runs.values():
+                fn()
         if wrapped is not None:
             inner, figures["trt_runtime_wrapper_host_us"] = decompose(wrapped, runs["trt_runtime"])
             if inner is not None:
                 runs["trt_runtime_inner"] = inner
+            replay = graph_replay(wrapped)
+            if replay is not None:
+                runs["trt_runtime_graph_only"] = replay
+        figures["trt_runtime_graphs"] = runtime.stats.totals()["graphs"]
         for name, fn in runs.items():
             figures[f"{name}_peak_extra_bytes"] = _peak_extra_bytes(fn, device)
     totals = runtime.stats.totals()
@@ -131,23 +141,24 @@ def prepare(case: Case, size: str, device: torch.device, dtype: torch.dtype, cac
     figures["trt_runtime_compiles"] = totals["compiles"]
     figures["trt_runtime_fallbacks"] = totals["fallbacks"]
     figures["weights_bytes"] = sum(p.numel() * p.element_size() for p in eager.parameters())
-    return Prepared(case, size, device, dtype, runs, figures, runtime, list(modules.values()))
+    components = list(wrapped.components.values()) if wrapped is not None else []
+    return Prepared(case, size, device, dtype, runs, figures, runtime, list(modules.values()), components)
 
 
 def decompose(wrapped: Any, run: Callable[[], Any], calls: int = 2000) -> tuple[Callable[[], Any] | None, float]:
     """Split our variant's step into the compiled callable and the wrapper around it.
 
     Returns ``(inner, host_us)``: ``inner`` calls the compiled callable of the (single) signature the
-    wrapper dispatched to, with exactly the arguments the wrapper passed it (timed as the variant
-    ``trt_runtime_inner``); ``host_us`` is the median host time of one wrapped call with that callable
-    replaced by a stub returning its last output, i.e. binding, keying, lookup and output
+    wrapper dispatched to, with exactly the arguments the wrapper passed it, without CUDA graphs (timed as
+    the variant ``trt_runtime_inner``); ``host_us`` is the median host time of one wrapped call with that
+    callable replaced by a stub returning its last output, i.e. binding, keying, lookup and output
     reconstruction, without any device work.
     """
     slots = [slot for comp in wrapped.components.values() for slot in comp.slots.values() if slot.fn is not None]
     if len(slots) != 1:
         return None, float("nan")
     slot = slots[0]
-    real = slot.fn
+    real, graphs = slot.fn, slot.graphs
     seen: dict[str, Any] = {}
 
     def record(*args: Any, **kwargs: Any) -> Any:
@@ -156,7 +167,7 @@ def decompose(wrapped: Any, run: Callable[[], Any], calls: int = 2000) -> tuple[
 
     host = []
     with torch.inference_mode():
-        slot.fn = record
+        slot.fn, slot.graphs = record, False
         try:
             run()
             slot.fn = lambda *args, **kwargs: seen["out"]
@@ -165,8 +176,36 @@ def decompose(wrapped: Any, run: Callable[[], Any], calls: int = 2000) -> tuple[
                 run()
                 host.append(time.perf_counter() - t0)
         finally:
-            slot.fn = real
+            slot.fn, slot.graphs = real, graphs
     return (lambda: real(*seen["args"], **seen["kwargs"])), statistics.median(host) * 1e6
+
+
+def graph_replay(wrapped: Any) -> Callable[[], Any] | None:
+    """The bare replay of the CUDA graph our variant captured (no input copy, no output copy): timed as
+    ``trt_runtime_graph_only``, its difference to ``trt_runtime`` is the cost of the copies and the
+    wrapper."""
+    graphs = [g for comp in wrapped.components.values() for g in comp.graphs._graphs.values()]
+    if len(graphs) != 1:
+        return None
+    return graphs[0]._launch
+
+
+def graph_memory(ready: Prepared) -> int | None:
+    """GPU memory our CUDA graphs hold (their pools: the activations of one call per captured shape),
+    measured by dropping them; they are captured again by the next call."""
+    if ready.device.type != "cuda" or ready.runtime is None:
+        return None
+    components = [c for c in ready.components if len(c.graphs)]
+    if not components:
+        return 0
+    sync(ready.device)
+    gc.collect()
+    before = torch.cuda.memory_reserved(ready.device)
+    for component in components:
+        component.graphs.clear()
+    gc.collect()
+    torch.cuda.empty_cache()
+    return before - torch.cuda.memory_reserved(ready.device)
 
 
 def time_interleaved(runs: dict[str, Callable[[], Any]], device: torch.device, rounds: int,
@@ -207,22 +246,23 @@ def time_blocks(runs: dict[str, Callable[[], Any]], device: torch.device, calls:
 
 
 def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
-    """Medians, speedups over eager, and our wrapper's overhead over plain torch.compile."""
+    """Medians, speedups over eager, and our step against each plain torch.compile variant."""
     med = {name: statistics.median(values) for name, values in times.items()}
     out: dict[str, Any] = {f"{name}_median_s": value for name, value in med.items()}
     out["rounds"] = len(next(iter(times.values())))
-    for name in ("torch_compile", "trt_runtime"):
+    for name in (*PLAIN_MODES, "trt_runtime"):
         if name in med:
             out[f"{name}_speedup"] = med["eager"] / med[name]
     if "trt_runtime_inner" in med:
         out["trt_runtime_inner_overhead"] = med["trt_runtime"] / med["trt_runtime_inner"] - 1.0
-        out["trt_runtime_inner_vs_torch_compile"] = (
-            med["trt_runtime_inner"] / med["torch_compile"] - 1.0 if "torch_compile" in med else None)
-    if "torch_compile" in med and "trt_runtime" in med:
-        out["trt_runtime_overhead"] = med["trt_runtime"] / med["torch_compile"] - 1.0
-        # per-round ratio, median: robust to a slow round touching one variant only
-        pairs = [a / b - 1.0 for a, b in zip(times["trt_runtime"], times["torch_compile"], strict=True)]
-        out["trt_runtime_overhead_paired"] = statistics.median(pairs)
+    if "trt_runtime_graph_only" in med:
+        out["trt_runtime_graph_copy_overhead"] = med["trt_runtime"] / med["trt_runtime_graph_only"] - 1.0
+    for plain, suffix in (("torch_compile", ""), ("torch_compile_ro", "_vs_reduce_overhead")):
+        if plain in med and "trt_runtime" in med:
+            out[f"trt_runtime_overhead{suffix}"] = med["trt_runtime"] / med[plain] - 1.0
+            # per-round ratio, median: robust to a slow round touching one variant only
+            pairs = [a / b - 1.0 for a, b in zip(times["trt_runtime"], times[plain], strict=True)]
+            out[f"trt_runtime_overhead{suffix}_paired"] = statistics.median(pairs)
     return out
 
 

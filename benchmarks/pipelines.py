@@ -168,10 +168,11 @@ def generate(pipe: Any, case: PipelineCase, size: str, prompt: str = "a lighthou
                 output_type="pt").images
 
 
-def variant_pipelines(pipe: Any, runtime: Any, variants: tuple[str, ...] = ("eager", "torch_compile", "trt_runtime"),
+def variant_pipelines(pipe: Any, runtime: Any,
+                      variants: tuple[str, ...] = ("eager", "torch_compile", "torch_compile_ro", "trt_runtime"),
                       ) -> dict[str, Any]:
-    """``eager`` (``pipe`` itself), ``torch_compile`` and ``trt_runtime``: same weights, their own
-    denoiser and VAE objects."""
+    """``eager`` (``pipe`` itself), ``torch_compile`` (default mode), ``torch_compile_ro``
+    (``mode="reduce-overhead"``) and ``trt_runtime``: same weights, their own denoiser and VAE objects."""
     from trt_runtime import wrap_pipeline
 
     denoiser = "unet" if "unet" in pipe.components else "transformer"
@@ -185,11 +186,12 @@ def variant_pipelines(pipe: Any, runtime: Any, variants: tuple[str, ...] = ("eag
         return other
 
     out = {"eager": pipe}
-    if "torch_compile" in variants:
-        plain = clone()
-        setattr(plain, denoiser, torch.compile(getattr(plain, denoiser), fullgraph=True))
-        plain.vae.decoder = torch.compile(plain.vae.decoder, fullgraph=True)
-        out["torch_compile"] = plain
+    for name, mode in (("torch_compile", None), ("torch_compile_ro", "reduce-overhead")):
+        if name in variants:
+            plain = clone()
+            setattr(plain, denoiser, torch.compile(getattr(plain, denoiser), fullgraph=True, mode=mode))
+            plain.vae.decoder = torch.compile(plain.vae.decoder, fullgraph=True, mode=mode)
+            out[name] = plain
     if "trt_runtime" in variants:
         out["trt_runtime"] = wrap_pipeline(clone(), runtime=runtime)
     return out

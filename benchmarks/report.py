@@ -59,22 +59,11 @@ def _s(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def _mib(value: float | None) -> str:
-    return "–" if value is None else f"{value / 2**20:,.0f}"
-
-
-def _host(r: dict[str, Any]) -> str:
-    host, step = r.get("trt_runtime_wrapper_host_us"), r.get("trt_runtime_median_s")
-    if host is None or host != host or not step:
-        return "–"
-    return f"{host:.0f} ({host * 1e-6 / step * 100:.2f}%)"
-
-
 def table(rows: dict[str, dict[str, Any]]) -> str:
     """One row per case: medians of interleaved per-call times, ratios taken within the same run."""
-    head = ("| Case | eager ms | torch.compile ms | trt_runtime ms | speedup vs eager | torch.compile speedup "
-            "| trt_runtime vs torch.compile | wrapper host µs (% of step) | first call (cold) s "
-            "| warm start s (of cold) | peak extra MiB eager / ours | rel. error |")
+    head = ("| Case | eager ms | torch.compile ms | reduce-overhead ms | trt_runtime ms | trt_runtime vs eager "
+            "| trt_runtime vs reduce-overhead | graph copies + wrapper | first call (cold) s "
+            "| warm start s (of cold) | rel. error |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name in _order(rows):
         r = rows[name]
@@ -82,12 +71,13 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
             continue
         warm = r.get("warm_start_s")
         warm_text = "–" if warm is None else f"{warm:.1f} ({r['warm_start_fraction_of_cold'] * 100:.0f}%)"
+        ours, ro = r.get("trt_runtime_median_s"), r.get("torch_compile_ro_median_s")
+        versus_ro = _x(ro / ours) if ours and ro else "–"
         lines.append(
             f"| {r.get('title', name)} | {_ms(r['eager_median_s'])} | {_ms(r.get('torch_compile_median_s'))} "
-            f"| {_ms(r.get('trt_runtime_median_s'))} | {_x(r.get('trt_runtime_speedup'))} "
-            f"| {_x(r.get('torch_compile_speedup'))} | {_pct(r.get('trt_runtime_overhead'))} | {_host(r)} "
+            f"| {_ms(ro)} | {_ms(ours)} | {_x(r.get('trt_runtime_speedup'))} | {versus_ro} "
+            f"| {_pct(r.get('trt_runtime_graph_copy_overhead'))} "
             f"| {_s(r.get('trt_runtime_first_call_s'))} | {warm_text} "
-            f"| {_mib(r.get('eager_peak_extra_bytes'))} / {_mib(r.get('trt_runtime_peak_extra_bytes'))} "
             f"| {r.get('trt_runtime_rel_error', float('nan')):.1e} |"
         )
     return "\n".join(lines)
@@ -99,21 +89,22 @@ def svg(rows: dict[str, dict[str, Any]]) -> str:
     labels = {n: _escape(rows[n].get("title", n)[:72]) for n in names}
     top, bar, gap, width = 40, 12, 10, 420
     left = max(330, 20 + 7 * max((len(label) for label in labels.values()), default=0))  # ~7 px a character
-    peak = max([2.0] + [max(rows[n].get("torch_compile_speedup", 0), rows[n]["trt_runtime_speedup"]) for n in names])
+    bars = (("torch_compile_speedup", "#9aa5b1", "torch.compile"),
+            ("torch_compile_ro_speedup", "#5c6bc0", "reduce-overhead"),
+            ("trt_runtime_speedup", "#2f7d32", "trt_runtime"))
+    peak = max([2.0] + [rows[n].get(key) or 0 for n in names for key, _, _ in bars])
     scale = width / peak
-    height = top + len(names) * (2 * bar + gap) + 40
+    height = top + len(names) * (len(bars) * bar + gap) + 40
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 70}" height="{height}" '
            'font-family="sans-serif" font-size="12">',
            '<text x="10" y="18" font-size="14">Speedup over eager PyTorch (cudnn.benchmark on), median step</text>',
-           f'<rect x="{left}" y="24" width="10" height="10" fill="#9aa5b1"/>'
-           f'<text x="{left + 14}" y="33">torch.compile</text>',
-           f'<rect x="{left + 110}" y="24" width="10" height="10" fill="#2f7d32"/>'
-           f'<text x="{left + 124}" y="33">trt_runtime</text>']
+           *(f'<rect x="{left + 130 * i}" y="24" width="10" height="10" fill="{colour}"/>'
+             f'<text x="{left + 130 * i + 14}" y="33">{label}</text>' for i, (_, colour, label) in enumerate(bars))]
     y = top
     for n in names:
         r = rows[n]
         out.append(f'<text x="{left - 6}" y="{y + bar + 4}" text-anchor="end">{labels[n]}</text>')
-        for value, colour in ((r.get("torch_compile_speedup"), "#9aa5b1"), (r["trt_runtime_speedup"], "#2f7d32")):
+        for value, colour in ((r.get(key), colour) for key, colour, _ in bars):
             if value:
                 out.append(f'<rect x="{left}" y="{y}" width="{value * scale:.1f}" height="{bar}" fill="{colour}"/>'
                            f'<text x="{left + value * scale + 4:.1f}" y="{y + bar - 2}">{value:.2f}x</text>')

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from .conftest import time_with
-from .harness import VARIANTS, prepare, summarize, time_blocks, time_interleaved, warm_start
+from .harness import VARIANTS, graph_memory, prepare, summarize, time_blocks, time_interleaved, warm_start
 
 # relative error ||ours - eager|| / ||eager||: fp32 compiles reorder sums (1e-5); fp16/bf16 round
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
@@ -37,6 +37,7 @@ def prepared(case_name, options, recorder):
     blocks = time_blocks(ready.runs, options.device, max(2, options.rounds // 2))
     ready.figures.update({f"blocks_{k}": v for k, v in summarize(blocks).items()})
     ready.figures["raw_seconds"] = {"interleaved": interleaved, "blocks": blocks}
+    ready.figures["trt_runtime_graph_bytes"] = graph_memory(ready)
     if options.measures_warm_start(case_name) and "trt_runtime" in ready.runs:
         ready.figures.update(warm_start(case, options.size, options.device, dtype, cache, options.scratch))
         cold = ready.figures["trt_runtime_first_call_s"]

@@ -58,10 +58,10 @@ def cache_dir(_isolated_cache):
 @pytest.fixture
 def export_backend():
     """Register the test-only ``export`` backend (see tests/support/export_backend.py)."""
-    from trt_runtime.backends import _FACTORIES, register_backend
+    from trt_runtime.backends import register_backend, unregister_backend
 
     from .support.export_backend import ExportBackend
 
     register_backend("export", ExportBackend)
     yield "export"
-    _FACTORIES.pop("export", None)
+    unregister_backend("export")

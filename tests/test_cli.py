@@ -15,14 +15,14 @@ from .support.backends import FailingBuild, tiny_mlp
 
 @pytest.fixture
 def populated(export_backend, cache_dir):
-    from trt_runtime.backends import _FACTORIES, register_backend
+    from trt_runtime.backends import register_backend, unregister_backend
 
     register_backend("failing", FailingBuild)
     with torch.no_grad():
         TensorRTModule(tiny_mlp(), runtime=TensorRTRuntime(backend="export"), name="mlp")(torch.randn(2, 8))
         TensorRTModule(tiny_mlp(), runtime=TensorRTRuntime(backend="failing"), name="broken")(torch.randn(3, 8))
     yield cache_dir
-    _FACTORIES.pop("failing", None)
+    unregister_backend("failing")
 
 
 def test_cache_ls_shows_entries_and_errors(populated, capsys):

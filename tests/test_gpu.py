@@ -61,3 +61,33 @@ def test_offload_between_devices_reuses_compiled_slots(cache_dir):
     w.to("cuda")  # what model offloading does between steps
     w(x)
     assert rt.stats.totals()["compiles"] == 1 and rt.stats.totals()["calls"] == 2
+
+
+@torch.no_grad()
+def test_cuda_graphs_by_default_keep_each_callers_output(cache_dir):
+    """The default (cuda_graphs="auto") replays a graph from the second call; two outputs of the same
+    shape that a caller keeps (the halves of classifier-free guidance) stay distinct and right."""
+    net = convnet()
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    w = TensorRTModule(net, runtime=rt, name="convnet")
+    xs = [torch.randn(2, 4, 32, 32, device="cuda", dtype=torch.float16) for _ in range(4)]
+    kept = [w(x) for x in xs]
+    assert rt.stats.totals()["graphs"] == 1
+    assert len({out.data_ptr() for out in kept}) == len(kept)
+    for x, out in zip(xs, kept, strict=True):
+        torch.testing.assert_close(out, net(x), atol=2e-2, rtol=2e-2)
+    # in-place weight edits reach the replayed graph (it reads the same memory)
+    net[0].bias.add_(1.0)
+    torch.testing.assert_close(w(xs[0]), net(xs[0]), atol=2e-2, rtol=2e-2)
+
+
+@torch.no_grad()
+def test_cuda_graphs_are_off_with_offload_hooks_and_in_training_mode(cache_dir):
+    net = convnet()
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    w = TensorRTModule(net, runtime=rt, name="convnet")
+    x = torch.randn(1, 4, 32, 32, device="cuda", dtype=torch.float16)
+    net.train()
+    for _ in range(3):
+        w(x)
+    assert rt.stats.totals()["graphs"] == 0

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils import _pytree as pytree
 
 from trt_runtime import ConfigurationError, TensorRTRuntime
-from trt_runtime.backends import _FACTORIES, register_backend
+from trt_runtime.backends import register_backend, unregister_backend
 from trt_runtime.modules.base import installed
 from trt_runtime.pipeline import unwrap_pipeline, wrap_pipeline, wrapped_components
 
@@ -227,7 +227,7 @@ def test_size_that_cannot_compile_runs_eagerly(cache_dir, caplog):
         np.testing.assert_allclose(_run(pipe, large), want["large"], atol=1e-4)
         assert runtime.stats.totals()["compiles"] == totals["compiles"]  # the failure is remembered
     finally:
-        _FACTORIES.pop("picky", None)
+        unregister_backend("picky")
 
 
 def test_next_process_loads_instead_of_compiling(export_backend, cache_dir):
@@ -315,7 +315,7 @@ def ranged(cache_dir):
     try:
         yield TensorRTRuntime(backend="dynexport", cache_dir=cache_dir, persist=False), backend
     finally:
-        _FACTORIES.pop("dynexport", None)
+        unregister_backend("dynexport")
 
 
 def _compiles(runtime) -> dict[str, int]:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -18,12 +19,14 @@ from trt_runtime import (
     TensorRTModule,
     TensorRTRuntime,
 )
-from trt_runtime.backends import _FACTORIES, register_backend
+from trt_runtime.backends import register_backend, unregister_backend
 
 from .support import backends as doubles
 from .support.backends import tiny_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOUBLES = (doubles.CountingExport, doubles.FailingBuild, doubles.BrittleRun, doubles.WrongResult, doubles.FlakyBuild,
+           doubles.SlowExport)
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +38,12 @@ def _inference():
 
 @pytest.fixture(autouse=True)
 def _doubles():
-    for cls in (doubles.CountingExport, doubles.FailingBuild, doubles.BrittleRun, doubles.WrongResult):
+    for cls in DOUBLES:
         register_backend(cls.name, cls)
         cls.builds = 0
     yield
-    for cls in (doubles.CountingExport, doubles.FailingBuild, doubles.BrittleRun, doubles.WrongResult):
-        _FACTORIES.pop(cls.name, None)
+    for cls in DOUBLES:
+        unregister_backend(cls.name)
 
 
 def wrapped(backend: str, cache_dir, **settings):
@@ -126,16 +129,25 @@ def test_strict_mode_raises_our_error(cache_dir):
     assert info.value.shapes == [(2, 8)] and isinstance(info.value, RuntimeError)
 
 
-def test_run_time_failure_reruns_eagerly_and_is_not_retried(cache_dir):
-    rt, module, w = wrapped("brittle", cache_dir)
+def test_run_time_failure_reruns_eagerly_keeps_the_entry_and_revalidates_later(cache_dir):
+    rt, module, w = wrapped("brittle", cache_dir, retry_backoff_s=0.3)
     x = torch.randn(2, 8)
     torch.testing.assert_close(w(x), module(x))  # build call
-    with pytest.warns(RuntimeWarning, match=r"\[mlp\].*failed at run time.*2x8"):
+    with pytest.warns(RuntimeWarning, match=r"\[mlp\].*failed at run time.*2x8.*re-validate"):
         torch.testing.assert_close(w(x), module(x))  # artifact raises -> eager result
-    torch.testing.assert_close(w(x), module(x))  # stays eager, no second warning, no rebuild
+    torch.testing.assert_close(w(x), module(x))  # eager until the backoff passed: no rebuild yet
     assert doubles.BrittleRun.builds == 1
     assert rt.stats.totals()["fallbacks"] == 2
-    assert rt.cache.entries()[0].status == "failed"
+    assert rt.cache.entries()[0].status == "ready", "a run-time failure must not overwrite a good entry"
+    time.sleep(0.35)
+    # due again: the disk entry does not load (BrittleRun.load), so it is rebuilt and re-validated
+    torch.testing.assert_close(w(x), module(x))
+    assert doubles.BrittleRun.builds == 2
+    with pytest.warns(RuntimeWarning, match="from now on"):
+        torch.testing.assert_close(w(x), module(x))  # the second failure: given up for this process
+    time.sleep(0.35)
+    torch.testing.assert_close(w(x), module(x))
+    assert doubles.BrittleRun.builds == 2 and rt.cache.entries()[0].status == "ready"
 
 
 def test_run_time_failure_strict_raises(cache_dir):
@@ -283,4 +295,56 @@ def test_configuration_errors_from_a_backend_surface_and_are_not_remembered(cach
             w(torch.randn(2, 8))
         assert rt.cache.entries() == []
     finally:
-        _FACTORIES.pop("misconfigured", None)
+        unregister_backend("misconfigured")
+
+
+# ------------------------------------------------------------------------------------------ failure kinds
+def test_callers_errors_propagate_and_leave_no_trace(export_backend, cache_dir):
+    rt, module, w = wrapped("export", cache_dir, max_shapes_per_component=2)
+    bad_calls = [torch.randn(2, 7), torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 8, device="meta")]
+    for _ in range(11):  # 33 bad calls would have filled the cap 16 times over
+        for x in bad_calls:
+            with pytest.raises((RuntimeError, NotImplementedError)):
+                w(x)
+    assert rt.stats.rows() == [] and rt.cache.entries() == [] and w.component.slots == {}
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(w(x), module(x))  # a valid shape still compiles
+    assert rt.stats.totals()["compiles"] == 1
+
+
+def test_transient_build_failure_is_retried_after_a_backoff_and_never_written(cache_dir, caplog):
+    rt, module, w = wrapped("flaky", cache_dir, retry_backoff_s=0.3)
+    x = torch.randn(2, 8)
+    with caplog.at_level(logging.WARNING, logger="trt_runtime"):
+        torch.testing.assert_close(w(x), module(x))  # out of memory: eager result
+        torch.testing.assert_close(w(x), module(x))  # within the backoff: eager, no second build
+    assert doubles.FlakyBuild.builds == 1 and rt.cache.entries() == []
+    assert "may pass" in caplog.text and "retrying later" in caplog.text
+    # a new process is not told it failed: nothing on disk
+    time.sleep(0.35)
+    torch.testing.assert_close(w(x), module(x))
+    assert doubles.FlakyBuild.builds == 2 and rt.cache.entries()[0].status == "ready"
+    assert rt.stats.totals()["compiles"] == 1
+
+
+def test_foreground_build_does_not_block_other_signatures(cache_dir):
+    """While one signature builds, calls of other signatures (and of the same one) do not wait."""
+    import threading
+
+    doubles.SlowExport.delay = 2.0
+    rt, module, w = wrapped("slow", cache_dir)
+    x_slow, x_other = torch.randn(2, 8), torch.randn(3, 8)
+    w(x_other)  # compiled first (2 s)
+    def build():
+        with torch.no_grad():  # grad mode is per thread
+            w(x_slow)
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    time.sleep(0.3)
+    started = time.perf_counter()
+    torch.testing.assert_close(w(x_other), module(x_other))
+    torch.testing.assert_close(w(x_slow), module(x_slow))  # same signature, being built: runs eagerly
+    assert time.perf_counter() - started < 1.0
+    builder.join()
+    assert doubles.SlowExport.builds == 2

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .calls import arg_path
 from .errors import ConfigurationError, UnkeyableInputError
 from .shapes import Dim
 
@@ -25,14 +26,13 @@ __all__ = [
     "CACHE_FORMAT",
     "signature",
     "signature_json",
-    "tensor_shapes",
     "module_fingerprint",
     "environment",
     "canonical_json",
     "cache_key",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """Bump when the on-disk layout or meaning of a key changes: old entries then simply never match."""
 
 _VOLATILE_CONFIG_KEYS = frozenset(
@@ -55,9 +55,7 @@ def signature(args: tuple, kwargs: Mapping[str, Any], names: tuple[str, ...] = (
     if not spec:
         return (tuple(_plain(a, i) for i, a in enumerate(args)),
                 tuple((k, _plain(kwargs[k], k)) for k in sorted(kwargs)))
-    pos = tuple(
-        _describe(a, names[i] if i < len(names) else f"args{i}", spec) for i, a in enumerate(args)
-    )
+    pos = tuple(_describe(a, arg_path(i, names), spec) for i, a in enumerate(args))
     kw = tuple((k, _describe(kwargs[k], k, spec)) for k in sorted(kwargs))
     return (pos, kw)
 
@@ -114,12 +112,6 @@ def _describe(value: Any, path: str, spec) -> Any:
 def signature_json(sig: tuple) -> Any:
     """The signature as readable JSON (for meta.json and `trt-runtime cache ls`)."""
     return _jsonable(sig)
-
-
-def tensor_shapes(args: tuple, kwargs: Mapping[str, Any]) -> list[tuple[int, ...]]:
-    """Shapes of every tensor in a call, in order: for error messages and logs."""
-    leaves, _ = torch.utils._pytree.tree_flatten((args, dict(kwargs)))
-    return [tuple(t.shape) for t in leaves if isinstance(t, torch.Tensor)]
 
 
 # --------------------------------------------------------------------------------------------- module

@@ -24,14 +24,16 @@ from typing import Any
 
 import torch
 
+from .component import Component
 from .errors import ConfigurationError
 from .modules.base import SpecLike, check_shapes
 from .modules.controlnet import apply_controlnet
+from .modules.family import Wrapped, check_offload
 from .modules.text_encoders import apply_text_encoder, is_supported_text_encoder
-from .modules.transformer import Wrapped, apply_transformer, check_offload, wrap_module
+from .modules.transformer import apply_transformer, wrap_module
 from .modules.unet import apply_unet
 from .modules.vae import SUPPORTED_VAES, apply_vae
-from .runtime import Component, TensorRTRuntime, get_default_runtime
+from .runtime import TensorRTRuntime, get_default_runtime
 
 __all__ = ["wrap_pipeline", "unwrap_pipeline", "wrapped_components"]
 

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 CACHE_DIR_ENV = "TRT_CACHE_DIR"
-BACKENDS = ("auto", "tensorrt", "inductor", "eager")
+BACKENDS = ("auto", "tensorrt", "inductor", "eager", "fastest")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _INDUCTOR_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DIGESTS = ("full",)
@@ -52,7 +52,8 @@ class RuntimeSettings:
     # --- runtime -------------------------------------------------------------------------------------
     backend: str = "auto"
     """``auto`` (tensorrt when importable and CUDA is present, else inductor), ``tensorrt``,
-    ``inductor`` or ``eager``."""
+    ``inductor``, ``eager``, or ``fastest`` (build every backend that can run, time them on the real call,
+    keep the fastest and record the choice in the cache: slow first build, for ``trt-runtime build``)."""
     cache_dir: str | None = None
     """Engine cache folder; else ``$TRT_CACHE_DIR``; else the platform's user cache dir."""
     persist: bool = True
@@ -78,10 +79,18 @@ class RuntimeSettings:
     """How long to wait for another process that is compiling the same key."""
     retry_failed: bool = False
     """Ignore failures remembered on disk and try compiling those keys again."""
+    retry_backoff_s: float = 30.0
+    """After a transient failure (out of memory, full disk) or an artifact that raised at run time, wait
+    this long before trying that signature again; each further failure waits 4x longer (at most 1 h)."""
     max_shapes_per_component: int = 32
     """Past this many compiled signatures a component runs new shapes eagerly (bounds memory)."""
     progress_interval_s: float = 30.0
     """While a compile runs, log a progress line this often."""
+    background: bool = False
+    """Build on a miss in a background worker (one per device) while calls run eagerly; the artifact is
+    swapped in between calls once ready. Time to first image is then eager's. For servers."""
+    max_pending_builds: int = 8
+    """Background builds queued per device beyond the one running; past it a miss retries later."""
 
     # --- inductor (torch.compile) ----------------------------------------------------------------------
     inductor_mode: str | None = None
@@ -93,10 +102,12 @@ class RuntimeSettings:
     channels_last: bool = False
     """Inductor only: run 4-D inputs and weights in channels-last memory format. Measured on an H100 with the
     SD1.5 UNet: no effect (inductor picks convolution layouts itself). TensorRT picks its own layouts."""
-    cuda_graphs: bool = False
-    """Replay each compiled step as a CUDA graph (inductor ``reduce-overhead``; TensorRT
-    ``enable_cudagraphs``), static shapes per key. Outputs are overwritten by the next call with the same
-    shapes: clone one you keep across calls. Measured on an H100: SD1.5 UNet step 10.0 ms instead of 24.7 ms."""
+    cuda_graphs: bool | str = "auto"
+    """Replay compiled calls as CUDA graphs, one per exact input shape, outputs copied out so a later call
+    never overwrites one a caller kept. ``auto``: where it is safe (CUDA inputs, no offload hooks, eval
+    mode), silently off elsewhere; ``True``: the same, warning where it cannot; ``False``: never."""
+    max_graphs_per_component: int = 8
+    """CUDA graphs kept per component (each holds its activations' memory); least recently used dropped."""
 
     # --- tensorrt (torch_tensorrt.dynamo) ---------------------------------------------------------------
     optimization_level: int | None = None
@@ -111,6 +122,10 @@ class RuntimeSettings:
     """Build engines whose weights can be refit later (``immutable_weights=False``), e.g. for LoRA."""
     offload_module_to_cpu: bool = False
     """Keep the PyTorch copy of the module on CPU while building, to fit large transformers."""
+    tensorrt_target: str = "current"
+    """TensorRT-RTX build target: ``current`` (the GPU in this machine: engines that run here, and only on
+    GPUs of its compute capability) or ``portable`` (TensorRT-RTX's own list of compute capabilities; on
+    RTX 1.4 an H100 cannot run such engines). Part of the key. Datacenter TensorRT ignores it."""
     tensorrt_options: Mapping[str, Any] | None = None
     """Extra keyword arguments for ``torch_tensorrt.dynamo.compile`` (checked against its signature)."""
 
@@ -138,6 +153,8 @@ class RuntimeSettings:
             )
         if self.inductor_mode not in _INDUCTOR_MODES:
             raise ConfigurationError(f"unknown inductor_mode {self.inductor_mode!r}")
+        if self.tensorrt_target not in ("current", "portable"):
+            raise ConfigurationError(f"tensorrt_target must be 'current' or 'portable', not {self.tensorrt_target!r}")
         if self.weights_digest not in _DIGESTS:
             hint = ("'sample' was removed: edits between its sample points went unnoticed"
                     if self.weights_digest == "sample" else None)
@@ -148,10 +165,16 @@ class RuntimeSettings:
             raise ConfigurationError("max_cache_bytes must be positive or None")
         if self.inductor_mode not in (None, "default") and self.inductor_options:
             raise ConfigurationError("torch.compile takes either inductor_mode or inductor_options, not both")
+        if not self.retry_backoff_s >= 0:
+            raise ConfigurationError("retry_backoff_s must be zero or positive")
         if self.tolerance is not None and not self.tolerance > 0:
             raise ConfigurationError("tolerance must be positive")
         if self.max_shapes_per_component < 1:
             raise ConfigurationError("max_shapes_per_component must be at least 1")
+        if self.cuda_graphs not in (True, False, "auto"):
+            raise ConfigurationError(f"cuda_graphs must be True, False or 'auto', not {self.cuda_graphs!r}")
+        if self.max_graphs_per_component < 1 or self.max_pending_builds < 1:
+            raise ConfigurationError("max_graphs_per_component and max_pending_builds must be at least 1")
         if self.cache_sharing not in _SHARING:
             raise ConfigurationError(f"cache_sharing must be 'private' or 'group', not {self.cache_sharing!r}")
         if self.trust_key_file is not None and not isinstance(self.trust_key_file, str):

@@ -21,10 +21,16 @@ class KeyStats:
     calls: int = 0
     compiles: int = 0
     loads: int = 0
+    refits: int = 0
     compile_seconds: float = 0.0
     load_seconds: float = 0.0
     fallbacks: int = 0
+    graphs: int = 0
+    """CUDA graphs captured for this key (one per exact input shape)."""
     error: str | None = None
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds spent per phase of getting the artifact ready: fingerprint, export, compile, save, load,
+    checksum, validate... (summed over builds and loads of this key)."""
 
 
 class RuntimeStats:
@@ -42,16 +48,26 @@ class RuntimeStats:
                 stats = self._by_key[(component, key)] = KeyStats(component, key, shapes)
             for name, value in changes.items():
                 current = getattr(stats, name)
-                if isinstance(current, (int, float)) and not isinstance(current, bool) and name != "state":
+                if name == "phases":
+                    for phase, seconds in value.items():
+                        current[phase] = current.get(phase, 0.0) + seconds
+                elif isinstance(current, (int, float)) and not isinstance(current, bool) and name != "state":
                     setattr(stats, name, current + value)
                 else:
                     setattr(stats, name, value)
             return stats
 
+    def discard(self, component: str, key: str) -> None:
+        """Forget a row that never served anything (a call that was the caller's own error)."""
+        with self._lock:
+            row = self._by_key.get((component, key))
+            if row is not None and not (row.calls or row.compiles or row.loads or row.refits):
+                del self._by_key[(component, key)]
+
     def rows(self) -> list[KeyStats]:
         """Copies of the rows (``calls`` on a live row is bumped without the lock, by the hot path)."""
         with self._lock:
-            return [dataclasses.replace(s) for s in self._by_key.values()]
+            return [dataclasses.replace(s, phases=dict(s.phases)) for s in self._by_key.values()]
 
     def totals(self) -> dict[str, Any]:
         rows = self.rows()
@@ -62,6 +78,8 @@ class RuntimeStats:
             "loads": sum(r.loads for r in rows),
             "fallbacks": sum(r.fallbacks for r in rows),
             "failed": sum(r.state == "failed" for r in rows),
+            "compiling": sum(r.state == "compiling" for r in rows),
+            "graphs": sum(r.graphs for r in rows),
             "compile_seconds": round(sum(r.compile_seconds for r in rows), 3),
             "load_seconds": round(sum(r.load_seconds for r in rows), 3),
         }

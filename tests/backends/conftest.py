@@ -17,6 +17,10 @@ STANDIN_ENV = "TRT_RUNTIME_STANDIN_VERSION"
 
 WHEEL_VERSIONS = ("2.11.0", "2.12.1", "2.13.0", "2.14.0")
 """One published release per supported series (2.12.0 and 2.12.1 have the same compile signature)."""
+WHEELS = tuple((flavour, version) for flavour in ("tensorrt", "tensorrt-rtx") for version in WHEEL_VERSIONS)
+"""Both distributions of each release: ``torch-tensorrt`` (TensorRT) and ``torch-tensorrt-rtx``
+(TensorRT-RTX), the same ``torch_tensorrt`` package built against each library."""
+_DISTRIBUTIONS = {"tensorrt": "torch-tensorrt", "tensorrt-rtx": "torch-tensorrt-rtx"}
 WHEEL_TAGS = ("--python-version", "3.11", "--platform", "manylinux_2_28_x86_64")
 """A platform/python tag published for every release above; only the Python sources are read."""
 WHEEL_CACHE_ENV = "TRT_RUNTIME_TEST_WHEELS"
@@ -35,9 +39,10 @@ def standin(monkeypatch):
     on CPU. Returns the module."""
     from trt_runtime.backends import tensorrt as backend_module
 
-    def activate(version: str = "2.14.0", real_cuda_probe: bool = False):
+    def activate(version: str = "2.14.0", real_cuda_probe: bool = False, flavour: str = "tensorrt"):
         _purge_standin_modules()
         monkeypatch.setenv(STANDIN_ENV, version)
+        monkeypatch.setenv("TRT_RUNTIME_STANDIN_FLAVOUR", flavour)
         monkeypatch.syspath_prepend(str(STANDIN_DIR))
         if not real_cuda_probe:
             monkeypatch.setattr(backend_module, "cuda_unavailable_reason", lambda device: None)
@@ -67,37 +72,41 @@ _DOWNLOAD_FAILURES: dict[str, str] = {}
 """Why a download failed, so the other tests of that release skip at once instead of retrying."""
 
 
-def _download(version: str, folder: Path) -> Path:
-    found = sorted(folder.glob(f"torch_tensorrt-{version}-*.whl"))
+def _download(distribution: str, version: str, folder: Path) -> Path:
+    pattern = f"{distribution.replace('-', '_')}-{version}-*.whl"
+    found = sorted(folder.glob(pattern))
     if found:
         return found[0]
-    if version in _DOWNLOAD_FAILURES:
-        pytest.skip(_DOWNLOAD_FAILURES[version])
+    tag = f"{distribution} {version}"
+    if tag in _DOWNLOAD_FAILURES:
+        pytest.skip(_DOWNLOAD_FAILURES[tag])
     try:
-        return _fetch(version, folder)
+        return _fetch(distribution, version, folder, pattern)
     except pytest.skip.Exception as skip:
-        _DOWNLOAD_FAILURES[version] = str(skip.msg)
+        _DOWNLOAD_FAILURES[tag] = str(skip.msg)
         raise
 
 
-def _fetch(version: str, folder: Path) -> Path:
+def _fetch(distribution: str, version: str, folder: Path, pattern: str) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", *WHEEL_TAGS,
-               "--disable-pip-version-check", "--retries", "1", "--timeout", "30", "-q", "-d", str(folder), f"torch-tensorrt=={version}"]
+               "--disable-pip-version-check", "--retries", "1", "--timeout", "30", "-q", "-d", str(folder),
+               f"{distribution}=={version}"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=180)
     except (OSError, subprocess.TimeoutExpired) as err:
-        pytest.skip(f"cannot download torch-tensorrt {version} wheel from PyPI: {err}")
-    found = sorted(folder.glob(f"torch_tensorrt-{version}-*.whl"))
+        pytest.skip(f"cannot download {distribution} {version} wheel from PyPI: {err}")
+    found = sorted(folder.glob(pattern))
     if result.returncode != 0 or not found:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        pytest.skip(f"cannot download torch-tensorrt {version} wheel from PyPI (offline?): {tail[0]}")
+        pytest.skip(f"cannot download {distribution} {version} wheel from PyPI (offline?): {tail[0]}")
     return found[0]
 
 
 class WheelSource:
     """Read the Python sources of one published torch-tensorrt wheel without importing it."""
 
-    def __init__(self, version: str, path: Path) -> None:
+    def __init__(self, flavour: str, version: str, path: Path) -> None:
+        self.flavour = flavour
         self.version = version
         self.path = path
         self._zip = zipfile.ZipFile(path)
@@ -107,8 +116,8 @@ class WheelSource:
 
 
 @pytest.fixture(scope="session")
-def wheel_versions() -> tuple[str, ...]:
-    return WHEEL_VERSIONS
+def wheel_versions() -> tuple[tuple[str, str], ...]:
+    return WHEELS
 
 
 @pytest.fixture(scope="session")
@@ -121,7 +130,8 @@ def wheel_folder():
     return folder
 
 
-@pytest.fixture(scope="session", params=WHEEL_VERSIONS)
+@pytest.fixture(scope="session", params=WHEELS, ids=[f"{f}-{v}" for f, v in WHEELS])
 def wheel(request, wheel_folder) -> WheelSource:
-    """The published wheel of one supported release (downloaded once, cached across runs)."""
-    return WheelSource(request.param, _download(request.param, wheel_folder))
+    """The published wheel of one supported release of one flavour (downloaded once, cached across runs)."""
+    flavour, version = request.param
+    return WheelSource(flavour, version, _download(_DISTRIBUTIONS[flavour], version, wheel_folder))

@@ -72,7 +72,7 @@ def test_same_signature_reuses_new_shape_compiles_once_and_truncation_rebuilds(c
     assert rt.stats.totals()["compiles"] == 2 and rt.stats.totals()["calls"] == 4
 
     for entry in rt.cache.entries():
-        artifact = entry.path / "inductor_cache.bin"
+        (artifact,) = entry.path.glob("inductor_cache.*.bin")
         artifact.write_bytes(artifact.read_bytes()[:100])  # a crash mid-copy, a full disk...
     rt2 = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
     w2 = TensorRTModule(net, runtime=rt2, name="mlp")
@@ -119,7 +119,7 @@ def test_declared_range_serves_two_batch_sizes_with_one_artifact(cache_dir):
     assert totals["compiles"] == 1 and totals["keys"] == 1 and totals["calls"] == 3
 
 
-def test_precision_and_channels_last_take_effect(cache_dir):
+def test_precision_and_channels_last_take_effect_without_touching_the_module(cache_dir):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
     x = torch.randn(1, 4, 8, 8)
@@ -129,7 +129,7 @@ def test_precision_and_channels_last_take_effect(cache_dir):
     with torch.no_grad():
         out = w(x)
     assert out.dtype == torch.bfloat16  # autocast: the fp32 module ran in bf16
-    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert net[0].weight.is_contiguous(), "the backend must not re-lay out the user's weights"
     torch.testing.assert_close(out.float(), reference, atol=5e-2, rtol=5e-2)
     plain = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
     with torch.no_grad():
@@ -158,3 +158,17 @@ def test_weights_are_read_at_run_time_so_values_stay_out_of_the_key(cache_dir):
     # with freezing, inductor folds weights into the code: then the values are part of the key
     frozen = TensorRTRuntime(backend="inductor", cache_dir=cache_dir, inductor_options={"freezing": True})
     assert frozen.backend_for(None).embeds_weights(frozen.settings)
+
+
+@pytest.mark.slow
+def test_each_entry_stores_its_own_artifacts_so_the_cache_grows_linearly(cache_dir):
+    """Issue 12: an entry used to hold everything the process had compiled (quadratic growth)."""
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).eval()
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
+    w = TensorRTModule(net, runtime=rt, name="mlp")
+    with torch.no_grad():
+        for batch in (2, 3, 4, 5):
+            w(torch.randn(batch, 8))
+    sizes = [entry.size for entry in sorted(rt.cache.entries(), key=lambda e: e.meta["written"])]
+    assert len(sizes) == 4
+    assert max(sizes) < 1.5 * min(sizes), sizes

@@ -79,14 +79,15 @@ def test_available_with_a_supported_release(standin):
     standin("2.12.1")
     backend = get_backend("tensorrt")
     backend.check_available(torch.device("cuda", 0))
-    assert backend.versions() == {"torch_tensorrt": "2.12.1", "tensorrt": "10.16.1"}
+    assert backend.versions() == {"torch_tensorrt": "2.12.1", "torch_tensorrt_flavour": "tensorrt",
+                                  "tensorrt": "10.16.1"}
 
 
 def test_artifact_fields_are_settings_that_change_the_engine():
     fields = get_backend("tensorrt").artifact_fields
     assert fields <= {f.name for f in dataclasses.fields(RuntimeSettings)}
     assert {"precision", "optimization_level", "workspace_size", "min_block_size", "truncate_double",
-            "refittable", "tensorrt_options"} <= fields
+            "refittable", "tensorrt_options", "tensorrt_target"} <= fields
     assert not fields & {"cuda_graphs", "offload_module_to_cpu", "validate", "strict", "cache_dir"}
 
 
@@ -114,7 +115,7 @@ def test_compile_kwargs_defaults_and_device():
     api = api_table.api_for("2.14.0")
     kwargs = api_table.compile_kwargs(api, RuntimeSettings(), "fp32", torch.float32, torch.device("cuda", 1))
     assert kwargs == {"truncate_double": True, "immutable_weights": True, "offload_module_to_cpu": False,
-                      "device": torch.device("cuda", 1)}
+                      "attn_bias_is_causal": False, "device": torch.device("cuda", 1)}
     assert "device" not in api_table.compile_kwargs(api, RuntimeSettings(), "fp32", None, torch.device("cpu"))
 
 

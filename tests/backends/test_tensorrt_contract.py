@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from trt_runtime.backends import _tensorrt_api as api_table
+from trt_runtime.backends._tensorrt_build import HOOKED_METHOD
 from trt_runtime.errors import ConfigurationError
 from trt_runtime.settings import RuntimeSettings
 from trt_runtime.shapes import Dim
@@ -98,20 +99,25 @@ def _standin_signatures():
 
 
 def test_the_table_covers_exactly_the_tested_releases(wheel_versions):
-    assert {api_table.parse_version(v) for v in wheel_versions} == set(api_table._TABLE)
+    assert {(f, api_table.parse_version(v)) for f, v in wheel_versions} == set(api_table._TABLE)
+
+
+def _api(wheel):
+    return api_table.api_for(wheel.version, wheel.flavour)
 
 
 def test_version_table_matches_the_wheel(wheel):
     versions = _defaults(wheel.read("_version.py"))
     assert versions["__version__"].strip("'\"") == wheel.version
-    api = api_table.api_for(wheel.version)
-    tensorrt = versions["__tensorrt_version__"].strip("'\"")
+    api = _api(wheel)
+    pin = "__tensorrt_rtx_version__" if wheel.flavour == "tensorrt-rtx" else "__tensorrt_version__"
+    tensorrt = versions[pin].strip("'\"")
     assert tensorrt.startswith(api.tensorrt + "."), (tensorrt, api.tensorrt)
 
 
 def test_every_compile_keyword_we_pass_exists(wheel):
     signature = _keyword_names(_function(wheel.read("dynamo/_compiler.py"), "compile"))
-    api = api_table.api_for(wheel.version)
+    api = _api(wheel)
     for kwargs in _every_compile_kwargs(api):
         passed = set(kwargs) | {"arg_inputs"}
         assert passed <= signature, f"torch_tensorrt {wheel.version} lacks {passed - signature}"
@@ -120,7 +126,7 @@ def test_every_compile_keyword_we_pass_exists(wheel):
 def test_removed_keywords_are_not_passed(wheel):
     compile_fn = _function(wheel.read("dynamo/_compiler.py"), "compile")
     signature = _keyword_names(compile_fn)
-    api = api_table.api_for(wheel.version)
+    api = _api(wheel)
     assert not set(api.removed) & signature, "the table lists a keyword this release still has"
     for kwargs in _every_compile_kwargs(api):
         assert not set(kwargs) & set(api.removed)
@@ -134,7 +140,7 @@ def test_precision_mode_matches_the_release(wheel):
     source = wheel.read("dynamo/_compiler.py")
     signature = _keyword_names(_function(source, "compile"))
     defaults = _defaults(wheel.read("dynamo/_defaults.py"))
-    api = api_table.api_for(wheel.version)
+    api = _api(wheel)
     if api.lower_precision == api_table.WEAK_TYPING:
         assert {"enabled_precisions", "use_explicit_typing"} <= signature
         # Explicit typing is on by default and then rejects any enabled_precisions but {f32}:
@@ -143,6 +149,13 @@ def test_precision_mode_matches_the_release(wheel):
         for kwargs in _every_compile_kwargs(api):
             if "enabled_precisions" in kwargs:
                 assert kwargs["use_explicit_typing"] is False
+    elif wheel.flavour == "tensorrt-rtx" and api.series < (2, 13):
+        # The keywords exist but TensorRT-RTX forces strongly typed networks (with only a warning), so
+        # enabled_precisions would silently build fp32: autocast is the way there.
+        interpreter = wheel.read("dynamo/conversion/_TRTInterpreter.py")
+        assert "if ENABLED_FEATURES.tensorrt_rtx:" in interpreter
+        assert "compilation_settings.use_explicit_typing = True" in interpreter
+        assert api.lower_precision == api_table.AUTOCAST
     else:
         assert api.lower_precision == api_table.AUTOCAST
         assert not {"enabled_precisions", "use_explicit_typing"} & signature
@@ -170,16 +183,47 @@ def test_save_keywords_exist(wheel):
     assert "if not retrace:" in ast.unparse(save)
 
 
-def test_cuda_graph_switch_exists(wheel):
-    assert "enable_cudagraphs" in wheel.read("runtime/__init__.py")
-    fn = _function(wheel.read("runtime/_cudagraphs.py"), "enable_cudagraphs")
-    assert [a.arg for a in fn.args.args] == ["compiled_module"]
-    assert all(d is not None for d in fn.args.kw_defaults), "a new required keyword appeared"
+def test_builder_config_hook_point(wheel):
+    """``build_target`` wraps the method that creates the builder config of a build: pinned per release."""
+    module_name, class_name, method_name = HOOKED_METHOD
+    source = wheel.read(module_name.removeprefix("torch_tensorrt.").replace(".", "/") + ".py")
+    method = _method(source, class_name, method_name)
+    first = method.body[1] if isinstance(method.body[0], ast.Expr) else method.body[0]  # after a docstring
+    assert ast.unparse(first) == "builder_config = self.builder.create_builder_config()"
+    assert ast.unparse(method.body[-1]) == "return builder_config"
+    params = [a.arg for a in method.args.args]
+    expected = ["self", "strict_type_constraints", "algorithm_selector", "tactic_sources"]
+    if api_table.parse_version(wheel.version) >= (2, 12):
+        expected.remove("algorithm_selector")
+    assert params == expected
+    assert f"self.{method_name}(" in ast.unparse(_method(source, class_name, "run"))
+
+
+def test_flavour_is_announced(wheel):
+    assert "tensorrt_rtx" in wheel.read("_features.py")
+    assert "ENABLED_FEATURES" in wheel.read("__init__.py") or "ENABLED_FEATURES" in wheel.read("_features.py")
+
+
+def test_refit_signature(wheel):
+    refit = _function(wheel.read("dynamo/_refit.py"), "refit_module_weights")
+    params = [a.arg for a in refit.args.args + refit.args.kwonlyargs]
+    assert params[:2] == ["compiled_module", "new_weight_module"] and "in_place" in params
+    assert "refit_module_weights" in wheel.read("dynamo/__init__.py")
+
+
+def test_attention_keywords_exist(wheel):
+    signature = _keyword_names(_function(wheel.read("dynamo/_compiler.py"), "compile"))
+    api = _api(wheel)
+    traits = frozenset({api_table.ATTENTION_BIAS})
+    kwargs = api_table.compile_kwargs(api, RuntimeSettings(), "fp16", torch.float16, torch.device("cuda"), traits)
+    assert set(kwargs) <= signature
+    assert kwargs["attn_bias_is_causal"] is False
+    assert ("decompose_attention" in kwargs) is (not api.attention_bias_fixed)
 
 
 def test_tensorrt_options_are_checked_against_the_release(wheel):
     signature = frozenset(_keyword_names(_function(wheel.read("dynamo/_compiler.py"), "compile")))
-    api = api_table.api_for(wheel.version)
+    api = _api(wheel)
     assert api_table.check_extra_options(api, {"use_fp32_acc": True}, signature) == {"use_fp32_acc": True}
     if api.series >= (2, 13):
         api_table.check_extra_options(api, {"fallback_data_dependent_ops": True}, signature)
@@ -201,8 +245,9 @@ def test_standin_matches_the_release(wheel):
     assert table.INPUT_KEYWORDS[series] == _kwargs_keys_read(_method(wheel.read("_Input.py"), "Input", "__init__"))
     save = _function(wheel.read("_compile.py"), "save")
     assert table.SAVE_KEYWORDS == {a.arg for a in save.args.kwonlyargs}
-    tensorrt = _defaults(wheel.read("_version.py"))["__tensorrt_version__"].strip("'\"")
-    assert table.TENSORRT_VERSION[series] == tensorrt
+    if wheel.flavour == "tensorrt":
+        tensorrt = _defaults(wheel.read("_version.py"))["__tensorrt_version__"].strip("'\"")
+        assert table.TENSORRT_VERSION[series] == tensorrt
 
 
 def test_wheel_is_cached(wheel):

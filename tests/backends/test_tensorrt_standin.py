@@ -178,7 +178,7 @@ def test_settings_reach_compile(standin, tmp_path):
     assert compiled == {
         "optimization_level": 5, "workspace_size": 1 << 30, "min_block_size": 2, "truncate_double": False,
         "immutable_weights": False, "offload_module_to_cpu": True, "use_fp32_acc": True,
-        "torch_executed_ops": ("aten.softmax",),
+        "torch_executed_ops": ("aten.softmax",), "attn_bias_is_causal": False,
     }
 
 
@@ -191,11 +191,11 @@ def test_bad_tensorrt_option_is_named(standin, tmp_path):
         _run(trt_runtime.TensorRTModule(support.make_toy(), runtime=rt), 2)
 
 
-def test_cuda_graphs_wrap_static_engines_only(standin, tmp_path):
+def test_the_backend_switches_no_process_wide_cuda_graph_mode(standin, tmp_path):
+    """CUDA graphs are the runtime's own (graphs.py), captured around the engine call: the backend no
+    longer enters torch_tensorrt's process-wide ``enable_cudagraphs``."""
     trt = standin()
     rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True, cuda_graphs=True)
     module = support.make_toy()
     torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=rt), 2), _eager(module, 2))
-    assert len(_calls(trt, "enable_cudagraphs")) == 1
-    _run(trt_runtime.TensorRTModule(support.make_toy(), runtime=rt, shapes=support.SHAPES), 3)
-    assert len(_calls(trt, "enable_cudagraphs")) == 1, "dynamic-shape engines are not graph-captured"
+    assert not _calls(trt, "enable_cudagraphs") and not trt.runtime.get_cudagraphs_mode()

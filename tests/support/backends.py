@@ -90,3 +90,30 @@ class WrongResult(ExportBackend):
 def tiny_mlp(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).eval()
+
+
+class FlakyBuild(ExportBackend):
+    """The first ``failures`` builds run out of memory (a transient failure), later ones succeed."""
+
+    name = "flaky"
+    builds = 0
+    failures = 1
+
+    def compile(self, request: CompileRequest):
+        type(self).builds += 1
+        if type(self).builds <= type(self).failures:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().compile(request)
+
+
+class SlowExport(ExportBackend):
+    """The export backend, taking ``delay`` seconds per build (a compile of minutes, scaled down)."""
+
+    name = "slow"
+    builds = 0
+    delay = 1.0
+
+    def compile(self, request: CompileRequest):
+        type(self).builds += 1
+        time.sleep(type(self).delay)
+        return super().compile(request)

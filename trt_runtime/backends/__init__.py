@@ -15,7 +15,8 @@ import torch
 from ..errors import BackendUnavailableError, ConfigurationError
 from .base import Backend, CompileRequest, iter_tensors
 
-__all__ = ["Backend", "CompileRequest", "iter_tensors", "check_backend_name", "get_backend", "register_backend", "select_backend"]
+__all__ = ["Backend", "CompileRequest", "iter_tensors", "check_backend_name", "get_backend", "register_backend",
+           "unregister_backend", "select_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +25,18 @@ _BUILTIN = {
     "eager": ("trt_runtime.backends.eager", "EagerBackend"),
     "inductor": ("trt_runtime.backends.inductor", "InductorBackend"),
     "tensorrt": ("trt_runtime.backends.tensorrt", "TensorRTBackend"),
+    "fastest": ("trt_runtime.backends.fastest", "FastestBackend"),
 }
 
 
 def register_backend(name: str, factory: Callable[[], Backend]) -> None:
     """Make ``factory()`` the backend used for ``settings.backend == name``."""
     _FACTORIES[name] = factory
+
+
+def unregister_backend(name: str) -> bool:
+    """Remove a backend added with ``register_backend``; False when none was registered under ``name``."""
+    return _FACTORIES.pop(name, None) is not None
 
 
 def check_backend_name(name: str) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..calls import DTYPE_OF, dtype_of
 from ..errors import BackendUnavailableError, ConfigurationError
 from ..settings import RuntimeSettings
 from ..shapes import Dim
@@ -53,8 +54,13 @@ __all__ = [
     "MANAGED_KEYWORDS",
     "parse_version",
     "api_for",
+    "installed_distribution",
+    "TENSORRT",
+    "TENSORRT_RTX",
+    "TARGETS",
     "supported_versions",
     "compile_kwargs",
+    "ATTENTION_BIAS",
     "precision_kwargs",
     "input_kwargs",
     "check_extra_options",
@@ -65,24 +71,45 @@ WEAK_TYPING = "weak_typing"
 AUTOCAST = "autocast"
 """Ask for a lower precision with ``enable_autocast=True`` and ``autocast_low_precision_type=dtype``."""
 
-INSTALL_HINT = 'install it with: pip install "trt-runtime[tensorrt]"'
+INSTALL_HINT = ('install it with: pip install "trt-runtime[tensorrt]" (datacenter TensorRT) or '
+                '"trt-runtime[tensorrt-rtx]" (TensorRT-RTX)')
+
+
+TENSORRT = "tensorrt"
+"""The ``torch-tensorrt`` distribution: torch_tensorrt built against datacenter TensorRT."""
+TENSORRT_RTX = "tensorrt-rtx"
+"""The ``torch-tensorrt-rtx`` distribution: the same ``torch_tensorrt`` package built against TensorRT-RTX."""
+DISTRIBUTIONS: Mapping[str, str] = {TENSORRT: "torch-tensorrt", TENSORRT_RTX: "torch-tensorrt-rtx"}
+EXTRAS: Mapping[str, str] = {TENSORRT: "tensorrt", TENSORRT_RTX: "tensorrt-rtx"}
+
+TARGETS = ("current", "portable")
+"""``RuntimeSettings.tensorrt_target``: ``current`` builds TensorRT-RTX engines for the GPU in the machine
+(the builder config's ``ComputeCapability.CURRENT``); ``portable`` keeps TensorRT-RTX's own list of compute
+capabilities (8.6 / 8.9 / 12.0 in RTX 1.4: an H100, 9.0, cannot run their Myelin kernels). Datacenter
+TensorRT always builds for the GPU in the machine; there the setting changes nothing but the key."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorRTApi:
-    """The facts about one torch_tensorrt release series (major, minor) that our calls depend on."""
+    """The facts about one torch_tensorrt release series (major, minor) of one flavour."""
 
     series: tuple[int, int]
     tensorrt: str
-    """TensorRT series the wheel pins (``_version.py`` ``__tensorrt_version__``), major.minor."""
+    """TensorRT (or TensorRT-RTX) series the wheel pins, major.minor: ``__tensorrt_version__`` in a
+    ``torch-tensorrt`` wheel's ``_version.py``, ``__tensorrt_rtx_version__`` in a ``torch-tensorrt-rtx`` one."""
     lower_precision: str
     """How to build an engine in a lower precision than the module's weights: WEAK_TYPING or AUTOCAST."""
     removed: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Keywords of earlier releases that this one no longer accepts, with what to use instead."""
+    flavour: str = TENSORRT
+    attention_bias_fixed: bool = True
+    """Whether a constant attention bias (a text encoder's causal mask, T5's position bias) converts: in
+    2.11-2.13 the fused-attention converters pass it to ``add_cast`` as a torch tensor and the build fails
+    with a TypeError, so for modules with such a bias trt_runtime asks for ``decompose_attention=True``."""
 
     @property
     def name(self) -> str:
-        return f"{self.series[0]}.{self.series[1]}"
+        return f"{DISTRIBUTIONS[self.flavour]} {self.series[0]}.{self.series[1]}"
 
 
 _REMOVED_IN_2_13 = {
@@ -91,14 +118,21 @@ _REMOVED_IN_2_13 = {
     "use_explicit_typing": "TensorRT 11 networks are always strongly typed; use enable_autocast",
 }
 
-_TABLE: dict[tuple[int, int], TensorRTApi] = {
-    (2, 11): TensorRTApi((2, 11), "10.15", WEAK_TYPING),
-    (2, 12): TensorRTApi((2, 12), "10.16", WEAK_TYPING),
-    (2, 13): TensorRTApi((2, 13), "11.0", AUTOCAST, _REMOVED_IN_2_13),
-    (2, 14): TensorRTApi((2, 14), "11.1", AUTOCAST, _REMOVED_IN_2_13),
+# TensorRT-RTX builds strongly typed networks in every release (TRTInterpreter forces explicit typing and
+# only warns), so a lower precision is always asked for with autocast there.
+_TABLE: dict[tuple[str, tuple[int, int]], TensorRTApi] = {
+    (TENSORRT, (2, 11)): TensorRTApi((2, 11), "10.15", WEAK_TYPING, attention_bias_fixed=False),
+    (TENSORRT, (2, 12)): TensorRTApi((2, 12), "10.16", WEAK_TYPING, attention_bias_fixed=False),
+    (TENSORRT, (2, 13)): TensorRTApi((2, 13), "11.0", AUTOCAST, _REMOVED_IN_2_13, attention_bias_fixed=False),
+    (TENSORRT, (2, 14)): TensorRTApi((2, 14), "11.1", AUTOCAST, _REMOVED_IN_2_13),
+    (TENSORRT_RTX, (2, 11)): TensorRTApi((2, 11), "1.3", AUTOCAST, flavour=TENSORRT_RTX, attention_bias_fixed=False),
+    (TENSORRT_RTX, (2, 12)): TensorRTApi((2, 12), "1.4", AUTOCAST, flavour=TENSORRT_RTX, attention_bias_fixed=False),
+    (TENSORRT_RTX, (2, 13)): TensorRTApi((2, 13), "1.5", AUTOCAST, _REMOVED_IN_2_13, flavour=TENSORRT_RTX,
+                                         attention_bias_fixed=False),
+    (TENSORRT_RTX, (2, 14)): TensorRTApi((2, 14), "1.6", AUTOCAST, _REMOVED_IN_2_13, flavour=TENSORRT_RTX),
 }
 
-SUPPORTED_RANGE = (min(_TABLE), max(_TABLE))
+SUPPORTED_RANGE = (min(series for _, series in _TABLE), max(series for _, series in _TABLE))
 
 SAVE_KWARGS: Mapping[str, Any] = {"output_format": "exported_program", "retrace": False}
 """Keywords for ``torch_tensorrt.save``: an ExportedProgram by graph surgery, without re-tracing (the
@@ -117,10 +151,10 @@ MANAGED_KEYWORDS: Mapping[str, str] = {
     "enabled_precisions": "precision",
     "use_explicit_typing": "precision",
     "device": "the module's device",
+    "attn_bias_is_causal": "always False (True would silently turn any attention bias causal)",
 }
 """``compile()`` keywords that a ``RuntimeSettings`` field controls: keyword -> field."""
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -136,14 +170,29 @@ def supported_versions() -> str:
     return f"{lo[0]}.{lo[1]} to {hi[0]}.{hi[1]}"
 
 
-def api_for(version: str) -> TensorRTApi:
-    """The table row for an installed torch_tensorrt version, or BackendUnavailableError."""
+def installed_distribution() -> tuple[str | None, str | None]:
+    """``(flavour, version)`` of the installed torch_tensorrt distribution, read from package metadata
+    without importing it; ``(None, None)`` when neither is installed. With both installed, torch_tensorrt
+    itself loads TensorRT-RTX (its ``_TensorRTProxyModule``), so that one is reported."""
+    import importlib.metadata
+
+    for flavour in (TENSORRT_RTX, TENSORRT):
+        try:
+            return flavour, importlib.metadata.version(DISTRIBUTIONS[flavour])
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
+def api_for(version: str, flavour: str = TENSORRT) -> TensorRTApi:
+    """The table row for an installed torch_tensorrt version of ``flavour``, or BackendUnavailableError."""
     series = parse_version(version)
-    api = _TABLE.get(series)
+    api = _TABLE.get((flavour, series))
     if api is None:
+        distribution = DISTRIBUTIONS.get(flavour, flavour)
         raise BackendUnavailableError(
-            f"torch_tensorrt {version} is not supported (supported: {supported_versions()})",
-            hint='install a supported release: pip install "torch-tensorrt>=2.11,<2.15"',
+            f"{distribution} {version} is not supported (supported: {supported_versions()})",
+            hint=f'install a supported release: pip install "{distribution}>=2.11,<2.15"',
         )
     return api
 
@@ -156,9 +205,9 @@ def precision_kwargs(api: TensorRTApi, precision: str, module_dtype: torch.dtype
     in fp16 models, such as upcast attention or VAE upcasting). Only lowering an fp32 module needs
     keywords, and those differ by release (see the module docstring).
     """
-    target = _DTYPES.get(precision)
+    target = dtype_of(precision)
     if target is None:
-        raise ConfigurationError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(_DTYPES)}")
+        raise ConfigurationError(f"unknown precision {precision!r}", hint=f"use one of {', '.join(DTYPE_OF)}")
     if target is torch.float32 or module_dtype is None or module_dtype == target:
         return {}
     if module_dtype != torch.float32:
@@ -169,14 +218,25 @@ def precision_kwargs(api: TensorRTApi, precision: str, module_dtype: torch.dtype
     return {"enable_autocast": True, "autocast_low_precision_type": target}
 
 
+ATTENTION_BIAS = "attention_bias"
+"""A module trait (``CompileRequest.traits``): its attention takes an additive or boolean bias, such as a
+text encoder's causal mask or T5's relative position bias."""
+
+
 def compile_kwargs(
     api: TensorRTApi,
     settings: RuntimeSettings,
     precision: str,
     module_dtype: torch.dtype | None = None,
     device: torch.device | None = None,
+    traits: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Keyword arguments for ``torch_tensorrt.dynamo.compile`` (besides the inputs) for one build.
+
+    ``attn_bias_is_causal`` is always False: its default, True, makes torch_tensorrt replace *any* bias of
+    an efficient-attention node by a causal mask, which silently changes T5's position bias or a padding
+    mask. ``decompose_attention`` is set for modules with an attention bias on releases whose fused
+    attention converters cannot take a constant bias (``TensorRTApi.attention_bias_fixed``).
 
     ``tensorrt_options`` are not merged here: ``check_extra_options`` validates them against the
     installed signature first.
@@ -185,7 +245,10 @@ def compile_kwargs(
         "truncate_double": settings.truncate_double,
         "immutable_weights": not settings.refittable,
         "offload_module_to_cpu": settings.offload_module_to_cpu,
+        "attn_bias_is_causal": False,
     }
+    if ATTENTION_BIAS in traits and not api.attention_bias_fixed:
+        kwargs["decompose_attention"] = True
     if settings.optimization_level is not None:
         kwargs["optimization_level"] = settings.optimization_level
     if settings.workspace_size is not None:

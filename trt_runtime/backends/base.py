@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..calls import iter_tensors
 from ..errors import BackendUnavailableError
 from ..settings import RuntimeSettings
 from ..shapes import Dim
@@ -42,6 +43,9 @@ class CompileRequest:
     """Device of the module's parameters (None for a module without any)."""
     precision: str
     """``fp32``/``fp16``/``bf16``: the requested precision, or the module's own dtype."""
+    traits: frozenset[str] = frozenset()
+    """What the wrapper knows about the module that a compiler may need (``attention_bias``: its attention
+    takes a bias, such as a text encoder's causal mask). Part of the cache key."""
 
 
 class Backend(abc.ABC):
@@ -69,6 +73,18 @@ class Backend(abc.ABC):
             return False
         return True
 
+    def can_refit(self, settings: RuntimeSettings) -> bool:
+        """Whether ``refit`` can put new weights into an artifact built with ``settings``."""
+        return False
+
+    def refit(self, compiled: Callable[..., Any], request: CompileRequest) -> Callable[..., Any]:
+        """An artifact like ``compiled`` computing with ``request.module``'s current weights."""
+        raise NotImplementedError(f"backend {self.name!r} cannot refit artifacts")
+
+    def artifact_meta(self, compiled: Callable[..., Any]) -> dict[str, Any]:
+        """Readable facts about an artifact for its ``meta.json`` (``trt-runtime cache info`` shows them)."""
+        return {}
+
     def versions(self) -> dict[str, str]:
         """Library versions that make an artifact valid (they enter the cache key)."""
         return {}
@@ -85,19 +101,3 @@ class Backend(abc.ABC):
     def load(self, request: CompileRequest, directory: Path) -> Callable[..., Any]:
         """Rebuild the callable from ``directory`` (written by ``save``, possibly in another process)."""
         raise NotImplementedError(f"backend {self.name!r} cannot load artifacts")
-
-
-def iter_tensors(args: tuple, kwargs: Mapping[str, Any], names: tuple[str, ...] = ()):
-    """Yield ``(path, tensor)`` for every tensor in a call, with the same paths as keys.signature."""
-    stack: list[tuple[str, Any]] = [
-        (names[i] if i < len(names) else f"args{i}", a) for i, a in enumerate(args)
-    ]
-    stack += [(k, kwargs[k]) for k in sorted(kwargs)]
-    while stack:
-        path, value = stack.pop(0)
-        if isinstance(value, torch.Tensor):
-            yield path, value
-        elif isinstance(value, (list, tuple)):
-            stack[0:0] = [(f"{path}.{i}", v) for i, v in enumerate(value)]
-        elif isinstance(value, Mapping):
-            stack[0:0] = [(f"{path}.{k}", value[k]) for k in sorted(value, key=str)]

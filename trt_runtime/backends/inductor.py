@@ -1,14 +1,18 @@
 """torch.compile (inductor) backend: runs on CPU and GPU, and persists through torch's cache artifacts.
 
 Compiling is lazy: ``compile()`` returns the ``torch.compile`` wrapper and the runtime's first call
-triggers (and times) the real work. ``save()`` stores ``torch.compiler.save_cache_artifacts()`` (the
-inductor FX-graph, AOTAutograd and autotuning cache entries of this compile); ``load()`` feeds them to
+triggers (and times) the real work. ``save()`` stores the cache artifacts torch recorded during that first
+call (the inductor FX-graph, AOTAutograd and autotuning cache entries of this key only: each entry holds
+its own delta, so the disk grows linearly with the keys); ``load()`` feeds them to
 ``torch.compiler.load_cache_artifacts()`` so the next process's first call skips code generation.
 
-The saved set is everything torch recorded in this process so far, not only this key's entries: when
-dynamo reuses a graph it already compiled here (the same architecture wrapped twice, two identical
-ControlNets, a rebuild), inductor records nothing new, and a per-key set would be empty. A superset
-is larger but always complete.
+When dynamo reuses code it already compiled in this process (the same module wrapped again after
+``unwrap``), torch records nothing new and the delta is empty; that entry then stores the deltas of every
+key this process saved, which always contains what it needs.
+
+The backend never changes the user's module: ``channels_last`` converts the call's 4-D inputs, not the
+weights (inductor chooses convolution weight layouts itself), and CUDA graphs are the runtime's
+(``graphs.py``), not a process-wide mode.
 """
 
 from __future__ import annotations
@@ -18,20 +22,22 @@ from pathlib import Path
 
 import torch
 
+from ..calls import dtype_of, iter_tensors
 from ..errors import BackendUnavailableError
-from .base import Backend, CompileRequest, iter_tensors
+from .base import Backend, CompileRequest
 
 __all__ = ["InductorBackend"]
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT = "inductor_cache.bin"
+ARTIFACT_STEM = "inductor_cache"
+"""Artifact files are ``inductor_cache.<n>.bin``: one delta, or every delta of the process (see above)."""
 
 
 class InductorBackend(Backend):
     name = "inductor"
     artifact_fields = frozenset(
-        {"inductor_mode", "fullgraph", "inductor_options", "channels_last", "cuda_graphs", "precision"}
+        {"inductor_mode", "fullgraph", "inductor_options", "channels_last", "precision"}
     )
 
     def embeds_weights(self, settings) -> bool:
@@ -55,19 +61,27 @@ class InductorBackend(Backend):
         return versions
 
     def compile(self, request: CompileRequest):
-        return self._wrap(request)
+        return _Recorded(self._wrap(request))
 
     def save(self, compiled, request: CompileRequest, directory: Path) -> None:
-        saved = torch.compiler.save_cache_artifacts()
-        if saved is None:
-            raise RuntimeError("torch.compiler.save_cache_artifacts() returned nothing to save")
-        payload, info = saved
-        (directory / ARTIFACT).write_bytes(payload)
-        logger.debug("[%s] saved %d bytes of inductor cache artifacts: %s", request.component, len(payload), info)
+        delta = compiled.delta if isinstance(compiled, _Recorded) else None
+        payloads = [delta] if delta else list(_SAVED)
+        if not delta:
+            logger.debug("[%s] no new cache artifacts for this key; storing the %d deltas this process saved",
+                         request.component, len(payloads))
+        if not payloads:
+            raise RuntimeError("torch recorded no cache artifacts for this compile")
+        for index, payload in enumerate(payloads):
+            (directory / f"{ARTIFACT_STEM}.{index}.bin").write_bytes(payload)
+        if delta and delta not in _SAVED:
+            _SAVED.append(delta)
 
     def load(self, request: CompileRequest, directory: Path):
-        payload = (directory / ARTIFACT).read_bytes()
-        torch.compiler.load_cache_artifacts(payload)
+        files = sorted(directory.glob(f"{ARTIFACT_STEM}.*.bin"))
+        if not files:
+            raise FileNotFoundError(f"no {ARTIFACT_STEM}.*.bin in {directory}")
+        for file in files:
+            torch.compiler.load_cache_artifacts(file.read_bytes())
         return self._wrap(request)
 
     # ------------------------------------------------------------------------------------------------
@@ -78,16 +92,11 @@ class InductorBackend(Backend):
             for path, tensor in iter_tensors(request.args, request.kwargs, request.names):
                 for index, dim in request.dynamic.get(path, {}).items():
                     torch._dynamo.mark_dynamic(tensor, index, min=dim.min, max=dim.max)
-        mode = settings.inductor_mode
-        if settings.cuda_graphs and mode in (None, "default"):
-            mode = "reduce-overhead"
         kwargs = {"fullgraph": settings.fullgraph, "dynamic": None if request.dynamic else False}
         if settings.inductor_options:
             kwargs["options"] = dict(settings.inductor_options)
-        elif mode:
-            kwargs["mode"] = mode
-        if settings.channels_last:
-            request.module.to(memory_format=torch.channels_last)  # in place: eager runs benefit too
+        elif settings.inductor_mode:
+            kwargs["mode"] = settings.inductor_mode
         compiled = torch.compile(request.module, backend="inductor", **kwargs)
         autocast = _autocast_dtype(request)
         if autocast is None and not settings.channels_last:
@@ -106,17 +115,40 @@ class InductorBackend(Backend):
         return run
 
 
+class _Recorded:
+    """The compiled callable; its first call runs with a fresh record of cache artifacts, kept as
+    ``delta`` (this key's artifacts only) for ``save``."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.delta: bytes | None = None
+        self._first = True
+
+    def __call__(self, *args, **kwargs):
+        if not self._first:
+            return self.fn(*args, **kwargs)
+        from torch.compiler._cache import CacheArtifactManager
+
+        with CacheArtifactManager.with_fresh_cache():
+            out = self.fn(*args, **kwargs)
+            saved = torch.compiler.save_cache_artifacts()
+        self.delta = saved[0] if saved else None
+        self._first = False
+        return out
+
+
+_SAVED: list[bytes] = []
+"""Every delta this process wrote, for an entry whose own delta is empty."""
+
+
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
-_LOWER = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def _autocast_dtype(request: CompileRequest):
     """A requested fp16/bf16 precision for a module whose weights are wider runs under autocast."""
-    target = _LOWER.get(request.settings.precision or "")
-    if target is None:
+    target = dtype_of(request.settings.precision)
+    if target is None or target is torch.float32:
         return None
     weights = next((p.dtype for p in request.module.parameters()), None)
     return target if weights == torch.float32 else None

@@ -14,7 +14,6 @@ contract tests against the published wheels). Nothing here imports torch_tensorr
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -27,10 +26,12 @@ from typing import Any
 
 import torch
 
+from ..calls import arg_path, iter_tensors, precision_of
 from ..errors import BackendUnavailableError, EngineBuildError
 from ..shapes import Dim
 from . import _tensorrt_api as api_table
-from .base import Backend, CompileRequest, iter_tensors
+from ._tensorrt_build import build_target, engine_error_hint
+from .base import Backend, CompileRequest
 
 __all__ = ["TensorRTBackend", "cuda_unavailable_reason"]
 
@@ -66,10 +67,11 @@ class TensorRTBackend(Backend):
             "truncate_double",
             "refittable",
             "tensorrt_options",
+            "tensorrt_target",
         }
     )
     """Settings that change the engine. ``offload_module_to_cpu`` only changes where weights wait
-    during the build, and ``cuda_graphs`` is applied when the engine is loaded: neither enters the key."""
+    during the build, and CUDA graphs are captured by the runtime around the engine: neither enters the key."""
 
     def check_available(self, device):
         if importlib.util.find_spec("torch_tensorrt") is None:
@@ -77,25 +79,35 @@ class TensorRTBackend(Backend):
         reason = cuda_unavailable_reason(device)
         if reason:
             raise BackendUnavailableError(reason)
-        try:  # refuse an unsupported release before paying for its import
-            api_table.api_for(importlib.metadata.version("torch-tensorrt"))
-        except importlib.metadata.PackageNotFoundError:
-            pass
+        flavour, version = api_table.installed_distribution()
+        if flavour is not None:  # refuse an unsupported release before paying for its import
+            api_table.api_for(version, flavour)
         _import_torch_tensorrt()
+
+    def embeds_weights(self, settings) -> bool:
+        # A refittable engine is keyed without its weights: its entry records which weights it holds, and a
+        # process with other weights loads it and refits (resolver), instead of building anew.
+        return not settings.refittable
+
+    def can_refit(self, settings) -> bool:
+        return settings.refittable
 
     def versions(self):
         _, version = _import_torch_tensorrt()
-        return {"torch_tensorrt": version, "tensorrt": _tensorrt_version()}
+        flavour = _flavour()
+        return {"torch_tensorrt": version, "torch_tensorrt_flavour": flavour, "tensorrt": _tensorrt_version()}
 
     # ------------------------------------------------------------------------------------------------
     def compile(self, request: CompileRequest):
         torch_tensorrt, version = _import_torch_tensorrt()
-        api = api_table.api_for(version)
+        flavour = _flavour()
+        api = api_table.api_for(version, flavour)
         plan = _InputPlan(request)
         module_dtype = _module_dtype(request.module)
-        kwargs = api_table.compile_kwargs(api, request.settings, request.precision, module_dtype, request.device)
+        kwargs = api_table.compile_kwargs(api, request.settings, request.precision, module_dtype, request.device,
+                                          request.traits)
         lowered = bool(kwargs.keys() & {"enabled_precisions", "enable_autocast"})
-        if not lowered and _PRECISION.get(module_dtype, request.precision) != request.precision:
+        if not lowered and precision_of(module_dtype, request.precision) != request.precision:
             logger.warning("[%s] precision %s cannot be reached from %s weights; the engine runs in %s",
                            request.component, request.precision, module_dtype, module_dtype)
         kwargs.update(
@@ -105,20 +117,33 @@ class TensorRTBackend(Backend):
         )
         program = plan.export(request)
         arg_inputs = [torch_tensorrt.Input(**spec) for spec in plan.input_specs()]
-        logger.debug("[%s] torch_tensorrt %s compile keywords: %s", request.component, version, kwargs)
+        logger.debug("[%s] %s compile keywords: %s", request.component, api.name, kwargs)
         device_before = _first_device(request.module)
         try:
-            graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
+            with build_target(flavour, request.settings.tensorrt_target):
+                graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
         except Exception as err:
             raise EngineBuildError(
-                f"torch_tensorrt {version} could not build an engine: {type(err).__name__}: {err}",
+                f"{api.name} could not build an engine: {type(err).__name__}: {err}",
                 component=request.component, shapes=plan.shapes,
-                hint="the call runs eagerly; min_block_size or tensorrt_options "
-                "{'torch_executed_ops': ...} can keep unsupported ops in PyTorch",
+                hint=engine_error_hint(err, flavour, request.settings.tensorrt_target)
+                or "the call runs eagerly; min_block_size or tensorrt_options {'torch_executed_ops': ...} can keep "
+                "unsupported ops in PyTorch",
             ) from err
         finally:
             _restore_device(request, device_before)
-        return _EngineCall(graph_module, plan.paths, request.names, request.settings.cuda_graphs and not request.dynamic)
+        return _EngineCall(graph_module, plan.paths, request.names)
+
+    def refit(self, compiled, request: CompileRequest):
+        """The engine with the module's current weights: ``refit_module_weights`` re-exports the module and
+        copies its weights into a copy of the engine (no new build). Works on loaded programs too."""
+        if not isinstance(compiled, _EngineCall):
+            raise TypeError(f"expected a callable made by the tensorrt backend, got {type(compiled).__name__}")
+        torch_tensorrt, _ = _import_torch_tensorrt()
+        plan = _InputPlan(request)
+        program = plan.export(request)
+        graph_module = torch_tensorrt.dynamo.refit_module_weights(compiled.graph_module, program, in_place=False)
+        return _EngineCall(graph_module, compiled.paths, request.names)
 
     def save(self, compiled, request: CompileRequest, directory: Path) -> None:
         if not isinstance(compiled, _EngineCall):
@@ -137,10 +162,7 @@ class TensorRTBackend(Backend):
         if saved.get("paths") != paths:
             raise ValueError(f"artifact inputs {saved.get('paths')} do not match this call's {paths}")
         graph_module = torch.export.load(str(directory / ARTIFACT)).module()
-        return _EngineCall(graph_module, paths, request.names, request.settings.cuda_graphs and not request.dynamic)
-
-
-_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+        return _EngineCall(graph_module, paths, request.names)
 
 
 class _EngineCall:
@@ -149,31 +171,16 @@ class _EngineCall:
     The hot path is one walk over the arguments; the program itself checks shapes against its guards.
     """
 
-    def __init__(self, graph_module: torch.nn.Module, paths, names: tuple[str, ...], cuda_graphs: bool) -> None:
+    def __init__(self, graph_module: torch.nn.Module, paths, names: tuple[str, ...]) -> None:
         self.graph_module = graph_module
         self.paths = tuple(paths)
         self.names = names
-        self._runner = graph_module
-        self._cudagraphs_context = None
-        if cuda_graphs:
-            self._enable_cuda_graphs()
-
-    def _enable_cuda_graphs(self) -> None:
-        """Replay the engine through CUDA graphs. ``enable_cudagraphs`` (2.11-2.14) switches a
-        process-wide mode and may wrap the module (when PyTorch subgraphs remain); the context is
-        entered once and kept for the lifetime of this callable, since re-entering per call would
-        re-capture the graph every time."""
-        import torch_tensorrt
-
-        context = torch_tensorrt.runtime.enable_cudagraphs(self.graph_module)
-        self._runner = context.__enter__()
-        self._cudagraphs_context = context
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tensors = [tensor for _, tensor in iter_tensors(args, kwargs, self.names)]
         if len(tensors) != len(self.paths):
             raise TypeError(f"expected {len(self.paths)} tensors ({', '.join(self.paths)}), got {len(tensors)}")
-        return self._runner(*tensors)
+        return self.graph_module(*tensors)
 
 
 class _Slot:
@@ -276,7 +283,7 @@ def _template(args: tuple, kwargs: Mapping[str, Any], names: tuple[str, ...]) ->
             return {k: walk(v, f"{path}.{k}") for k, v in value.items()}
         return value
 
-    positional = [walk(a, names[i] if i < len(names) else f"args{i}") for i, a in enumerate(args)]
+    positional = [walk(a, arg_path(i, names)) for i, a in enumerate(args)]
     return tuple(positional), {k: walk(v, k) for k, v in kwargs.items()}
 
 
@@ -329,8 +336,17 @@ def _import_torch_tensorrt():
             hint="it needs the TensorRT libraries of its release; " + api_table.INSTALL_HINT,
         ) from err
     version = str(getattr(module, "__version__", "unknown"))
-    api_table.api_for(version)
+    api_table.api_for(version, _flavour())
     return module, version
+
+
+def _flavour() -> str:
+    """``tensorrt-rtx`` when the imported torch_tensorrt runs on TensorRT-RTX, else ``tensorrt``."""
+    features = getattr(sys.modules.get("torch_tensorrt"), "ENABLED_FEATURES", None)
+    if getattr(features, "tensorrt_rtx", False):
+        return api_table.TENSORRT_RTX
+    flavour, _ = api_table.installed_distribution()
+    return flavour or api_table.TENSORRT
 
 
 def _tensorrt_version() -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .base import TensorRTModule, install, installed, make_component, uninstall
 from .controlnet import apply_controlnet
+from .family import Wrapped
 from .text_encoders import apply_text_encoder
-from .transformer import Wrapped, apply_transformer, wrap_module
+from .transformer import apply_transformer, wrap_module
 from .unet import apply_unet
 from .vae import apply_vae
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
+from ..calls import is_extra_positional, positional_names
+from ..component import Component
 from ..errors import ConfigurationError
-from ..runtime import Component, TensorRTRuntime, get_default_runtime
+from ..runtime import TensorRTRuntime, get_default_runtime
 from ..settings import RuntimeSettings
 from ..shapes import Dim, DimLike, normalize_spec
 
@@ -33,17 +34,6 @@ _ATTR = "_trt_runtime_component"
 SpecLike = Mapping[str, Mapping[int, DimLike]]
 """A shape spec as users write it: argument path -> {dimension index: ``Dim``, ``(min, max)`` or
 ``(min, opt, max)``} (see ``trt_runtime.shapes``)."""
-
-
-def positional_names(fn: Callable[..., Any]) -> tuple[str, ...]:
-    """Parameter names a positional call binds to (so shape specs can name positional arguments)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return ()
-    return tuple(
-        p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
-    )
 
 
 def check_shapes(
@@ -71,7 +61,7 @@ def check_shapes(
     var_positional = any(p.kind == p.VAR_POSITIONAL for p in params)
     for path in spec:
         root = path.split(".", 1)[0]
-        if root in names or (var_positional and re.fullmatch(r"args\d+", root)):
+        if root in names or (var_positional and is_extra_positional(root)):
             continue
         raise ConfigurationError(
             f"shape spec path {path!r} names no argument of {type(module).__name__}.forward",
@@ -88,9 +78,11 @@ def make_component(
     shapes: SpecLike | None = None,
     eager: Callable[..., Any] | None = None,
     settings: RuntimeSettings | dict | None = None,
+    traits: frozenset[str] = frozenset(),
 ) -> Component:
     """A runtime ``Component`` for ``module``; ``settings`` overrides the runtime's for this one, and
-    ``shapes`` declares dimension ranges that one artifact serves (checked by ``check_shapes``)."""
+    ``shapes`` declares dimension ranges that one artifact serves (checked by ``check_shapes``);
+    ``traits`` tell compilers what the family knows about the module (``CompileRequest.traits``)."""
     runtime = runtime or get_default_runtime()
     name = name or type(module).__name__
     if isinstance(settings, dict):
@@ -102,6 +94,7 @@ def make_component(
         names=positional_names(type(module).forward),
         shapes=check_shapes(module, shapes, name),
         settings=settings,
+        traits=traits,
     )
 
 

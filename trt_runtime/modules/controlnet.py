@@ -22,18 +22,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigurationError
-from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, SpecLike, make_component
-from .transformer import (
-    CallBinder,
-    LoraTracker,
-    TupleCore,
-    Wrapped,
-    attach,
-    check_offload,
-    scalar_to_tensor,
-    wrap_module,
-)
+from ..runtime import TensorRTRuntime
+from .base import SpecLike
+from .family import CallBinder, LoraTracker, TupleCore, Wrapped, scalar_to_tensor, wrap_in_place
+from .transformer import wrap_module
 
 __all__ = ["apply_controlnet"]
 
@@ -93,32 +85,21 @@ def _is_controlnet_model(module: torch.nn.Module) -> bool:
 def _apply_one(net: torch.nn.Module, runtime, name: str, settings, shapes) -> Wrapped:
     from diffusers.models.controlnets.controlnet import ControlNetOutput
 
-    check_offload(net, name)
     binder = CallBinder(type(net).forward)
-    holder: dict[str, Component] = {}
 
-    def make_forward(original: OriginalForward):
-        component = make_component(net, runtime=runtime, name=name, shapes=shapes, eager=TupleCore(original),
-                                   settings=settings)
-        holder[name] = component
-        lora = LoraTracker(net, component)
+    def call(component, lora: LoraTracker, args: tuple, kwargs: dict[str, Any]) -> Any:
+        call = binder.bind(args, kwargs)
+        return_dict = call.pop("return_dict", True)
+        scale = call.pop("conditioning_scale", 1.0)
+        sample = call["sample"]
+        call["timestep"] = scalar_to_tensor(call["timestep"], sample.device)
+        lora.prepare(call, "cross_attention_kwargs")
+        down, mid = component(**call, conditioning_scale=1.0)
+        if not (isinstance(scale, (int, float)) and scale == 1.0):
+            down = [residual * scale for residual in down]
+            mid = mid * scale
+        if return_dict:
+            return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
+        return down, mid
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            call = binder.bind(args, kwargs)
-            return_dict = call.pop("return_dict", True)
-            scale = call.pop("conditioning_scale", 1.0)
-            sample = call["sample"]
-            call["timestep"] = scalar_to_tensor(call["timestep"], sample.device)
-            lora.prepare(call, "cross_attention_kwargs")
-            down, mid = component(**call, conditioning_scale=1.0)
-            if not (isinstance(scale, (int, float)) and scale == 1.0):
-                down = [residual * scale for residual in down]
-                mid = mid * scale
-            if return_dict:
-                return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
-            return down, mid
-
-        return forward
-
-    attach(net, make_forward)
-    return Wrapped(holder, [net])
+    return wrap_in_place(net, name, core=TupleCore, call=call, runtime=runtime, shapes=shapes, settings=settings)

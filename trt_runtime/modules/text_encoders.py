@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigurationError
-from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, SpecLike, make_component
-from .transformer import LORA_KEY, CallBinder, LoraTracker, Wrapped, attach, check_offload, output_class
+from ..runtime import TensorRTRuntime
+from .base import OriginalForward, SpecLike
+from .family import LORA_KEY, CallBinder, LoraTracker, Wrapped, output_class, wrap_in_place
 
 __all__ = ["apply_text_encoder", "is_supported_text_encoder"]
 
@@ -94,33 +94,24 @@ def apply_text_encoder(
             f"{type(model).__name__}.forward is not annotated with one ModelOutput class",
             component=name, hint="wrap it with TensorRTModule instead, or leave it eager",
         )
-    check_offload(model, name)
     binder = CallBinder(forward_fn)
     cacheable = "use_cache" in binder.all_names
-    holder: dict[str, Component] = {}
 
-    def make_forward(original: OriginalForward):
-        component = make_component(model, runtime=runtime, name=name, shapes=shapes,
-                                   eager=_FieldsCore(original), settings=settings)
-        holder[name] = component
-        lora = LoraTracker(model, component)
+    def call(component, lora: LoraTracker, args: tuple, kwargs: dict[str, Any]) -> Any:
+        call = binder.bind(args, kwargs)
+        return_dict = call.pop("return_dict", None)
+        if return_dict is None:
+            return_dict = getattr(model.config, "return_dict", True)
+        if cacheable:
+            if call.get("use_cache"):
+                component.warn_once("use_cache", "[%s] use_cache=True ignored: the wrapped encoder "
+                                    "returns no key/value cache", component.name)
+            call["use_cache"] = False
+        lora.prepare(call, None)
+        fields = component(**call)  # runs the model in Python when it compiles: class recorded
+        out = _SEEN_CLASSES.get(type(model), cls)(**fields)
+        return out if return_dict else out.to_tuple()
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            call = binder.bind(args, kwargs)
-            return_dict = call.pop("return_dict", None)
-            if return_dict is None:
-                return_dict = getattr(model.config, "return_dict", True)
-            if cacheable:
-                if call.get("use_cache"):
-                    component.warn_once("use_cache", "[%s] use_cache=True ignored: the wrapped encoder "
-                                        "returns no key/value cache", component.name)
-                call["use_cache"] = False
-            lora.prepare(call, None)
-            fields = component(**call)  # runs the model in Python when it compiles: class recorded
-            out = _SEEN_CLASSES.get(type(model), cls)(**fields)
-            return out if return_dict else out.to_tuple()
-
-        return forward
-
-    attach(model, make_forward)
-    return Wrapped(holder, [model])
+    # Their attention takes a bias (CLIP and LLaMA: the causal mask; T5: the relative position bias).
+    return wrap_in_place(model, name, core=_FieldsCore, call=call, runtime=runtime, shapes=shapes,
+                         settings=settings, traits=frozenset({"attention_bias"}))

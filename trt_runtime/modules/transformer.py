@@ -1,257 +1,40 @@
 """Diffusion transformers (SD3, Flux, HunyuanVideo...) and the generic wrapper for any ``nn.Module``.
 
-This file also holds what every family wrapper shares, because the generic wrapper is the base the
-others specialise: ``Wrapped`` (what an ``apply_*`` installed and how to take it off), ``attach`` /
-``detach`` (``install`` that keeps accelerate's offload hooks outermost), ``CallBinder`` (one canonical
-keyword call per signature) and ``LoraTracker`` (LoRA state as part of the key).
-
-Why the wrappers rebuild outputs themselves: the compiled callable returns plain tensors and tuples
-(what every backend, TensorRT included, hands back unchanged), and the wrapper turns them into the
-output class the pipeline expects (``Transformer2DModelOutput``), so ``return_dict`` never enters a key.
+``timestep`` and ``guidance`` given as Python numbers become tensors of the batch size (keys hold plain
+numbers by value: a float timestep would compile once per denoising step); the LoRA scale in
+``joint_attention_kwargs`` / ``attention_kwargs`` is handled by ``LoraTracker``. The compiled unit returns
+the forward's tuple and the wrapper rebuilds ``Transformer2DModelOutput``, so ``return_dict`` never
+enters a key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
-import typing
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ..errors import ConfigurationError
-from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, SpecLike, install, installed, make_component, uninstall
+from ..runtime import TensorRTRuntime
+from .base import SpecLike
+from .family import (
+    CallBinder,
+    LoraTracker,
+    PassCore,
+    TupleCore,
+    Wrapped,
+    attach,
+    detach,
+    output_class,
+    scalar_to_tensor,
+    wrap_in_place,
+)
 
-__all__ = ["Wrapped", "apply_transformer", "wrap_module", "attach", "detach", "CallBinder", "LoraTracker",
-           "output_class"]
+__all__ = ["Wrapped", "apply_transformer", "wrap_module", "attach", "detach"]
 
 logger = logging.getLogger(__name__)
 
-LORA_KEY = "_trt_runtime_lora"
-"""Keyword the wrappers add to a call (and the core drops) so the LoRA state enters the key."""
 
-
-@dataclasses.dataclass
-class Wrapped:
-    """What one ``apply_*`` call installed: its components by name and the modules to restore."""
-
-    components: dict[str, Component]
-    modules: list[torch.nn.Module]
-
-    def remove(self) -> None:
-        """Restore every module's original forward (artifacts on disk stay for the next wrap)."""
-        for module in self.modules:
-            detach(module)
-
-
-# ----------------------------------------------------------------------------------------- install layering
-def _accelerate_hooked(module: torch.nn.Module) -> bool:
-    return "_hf_hook" in module.__dict__ and "_old_forward" in module.__dict__
-
-
-def check_offload(module: torch.nn.Module, name: str) -> None:
-    """Refuse offload modes that keep weights away from the module while it runs.
-
-    ``enable_sequential_cpu_offload()`` (and accelerate ``device_map`` disk/CPU offload) park weights
-    on the ``meta`` device and stream them in per submodule; diffusers group offloading does the same
-    per block. A compiler would capture placeholders instead of weights, so we say so instead.
-    ``enable_model_cpu_offload()`` moves the whole module at once and is supported.
-    """
-    if any(p.device.type == "meta" for p in module.parameters()):
-        raise ConfigurationError(
-            f"{name} has weights on the 'meta' device (enable_sequential_cpu_offload() or an accelerate "
-            "device_map with offloading); its weights are not there to compile",
-            component=name, hint="use enable_model_cpu_offload() instead, or leave this component eager "
-            f"({name.split('.')[0]}=False)",
-        )
-    try:
-        from diffusers.hooks.group_offloading import _is_group_offload_enabled
-    except ImportError:  # older diffusers: no group offloading
-        return
-    if _is_group_offload_enabled(module):
-        raise ConfigurationError(
-            f"{name} uses diffusers group offloading (enable_group_offload()), which streams weights in "
-            "per block while the module runs", component=name,
-            hint="use enable_model_cpu_offload() instead, or leave this component eager",
-        )
-
-
-def attach(module: torch.nn.Module, make_forward: Callable[[OriginalForward], Callable[..., Any]]) -> Any:
-    """``install`` that stays inside accelerate's offload hook when one is present.
-
-    accelerate (``enable_model_cpu_offload``) replaces ``module.forward`` with a function that moves the
-    module to the execution device and then calls ``module._old_forward``. Installing on top would run
-    the compiled artifact before that move (and never offload the previous model), so ours goes into
-    ``_old_forward`` instead. Offload enabled *after* wrapping needs nothing: accelerate then captures
-    our forward as its ``_old_forward``, the same layering.
-    """
-    if not _accelerate_hooked(module):
-        return install(module, make_forward)
-    outer = module.__dict__["forward"]
-    module.forward = module.__dict__["_old_forward"]  # expose the inner forward to install()
-    try:
-        ours = install(module, make_forward)
-    finally:
-        module.forward = outer
-    module._old_forward = ours
-    return ours
-
-
-def detach(module: torch.nn.Module) -> bool:
-    """Undo ``attach`` wherever accelerate's hooks have put our forward since."""
-    ours = installed(module)
-    if ours is None:
-        return False
-    if module.__dict__.get("_old_forward") is ours:
-        outer = module.__dict__.get("forward")
-        uninstall(module)
-        module._old_forward = module.forward
-        if outer is not None and outer is not ours:
-            module.forward = outer
-        else:
-            module.__dict__.pop("forward", None)
-        return True
-    return uninstall(module)
-
-
-# ----------------------------------------------------------------------------------------- calls
-class CallBinder:
-    """Turns any way of calling a module into one keyword dict, so equal calls get equal keys.
-
-    Pipelines pass the same argument positionally in one place and by name in another, or pass an
-    explicit ``None`` where another omits it; both would otherwise split one shape into two keys.
-    """
-
-    def __init__(self, forward: Callable[..., Any]) -> None:
-        params = list(inspect.signature(forward).parameters.values())
-        self.names = tuple(p.name for p in params
-                           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self")
-        self.all_names = frozenset(p.name for p in params)
-        self.none_default = frozenset(p.name for p in params if p.default is None)
-
-    def bind(self, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if len(args) > len(self.names):
-            raise TypeError(f"forward() takes {len(self.names)} positional arguments but {len(args)} were given")
-        call = dict(zip(self.names, args, strict=False))  # fewer args than names is normal
-        for key, value in kwargs.items():
-            if key in call:
-                raise TypeError(f"forward() got multiple values for argument {key!r}")
-            call[key] = value
-        for key in [k for k, v in call.items() if v is None and k in self.none_default]:
-            del call[key]
-        return call
-
-
-def scalar_to_tensor(value: Any, device: torch.device, batch: int | None = None) -> Any:
-    """A Python number as a tensor (keys hold plain numbers by value: a timestep passed as a float would
-    compile once per denoising step). ``batch`` None gives shape (1,), as diffusers' UNet builds it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    dtype = torch.int64 if isinstance(value, int) else torch.float32
-    return torch.full((batch or 1,), value, dtype=dtype, device=device)
-
-
-def output_class(forward: Callable[..., Any], base: type) -> type | None:
-    """The ``base`` subclass (``BaseOutput``/``ModelOutput``) that ``forward`` is annotated to return."""
-    try:
-        hint = typing.get_type_hints(inspect.unwrap(forward)).get("return")
-    except Exception:  # unresolvable annotations: the caller falls back to generic handling
-        return None
-    options = typing.get_args(hint) or (hint,)
-    found = [t for t in options if isinstance(t, type) and issubclass(t, base)]
-    return found[0] if len(found) == 1 else None
-
-
-_UNSEEN = object()
-
-
-class LoraTracker:
-    """The LoRA state of a module as a hashable token, and what to do with ``"scale"``.
-
-    PEFT LoRA layers multiply their update by ``scaling`` (a Python float the compiled graph bakes in);
-    diffusers sets it per call from ``cross_attention_kwargs["scale"]`` (inside forward) or before
-    calling a text encoder (outside). So a module with adapters keys on the adapter names, their current
-    scaling, merged and disabled state (read from the first LoRA layer); without adapters ``"scale"``
-    changes nothing and is dropped from the key. When adapters are loaded, fused or removed the weights change: the component's
-    artifacts and fingerprint are forgotten, so the next call builds for the new weights.
-    """
-
-    def __init__(self, module: torch.nn.Module, component: Component | None = None) -> None:
-        self.module = module
-        self.component = component
-        self._names: tuple | None = None
-        self._layer: Any = None
-        self._structure: Any = _UNSEEN
-
-    def state(self) -> tuple | None:
-        config = getattr(self.module, "peft_config", None)
-        if not config:
-            self._sync(None)
-            return None
-        names = tuple(sorted(config))
-        if names != self._names:
-            self._names = names
-            self._layer = next((m for m in self.module.modules()
-                                if isinstance(getattr(m, "scaling", None), dict) and hasattr(m, "merged_adapters")),
-                               None)
-        layer = self._layer
-        if layer is None:
-            self._sync((names,))
-            return (names,)
-        structure = (names, tuple(layer.merged_adapters), bool(getattr(layer, "disable_adapters", False)))
-        self._sync(structure)
-        return (*structure, tuple(sorted(layer.scaling.items())), tuple(getattr(layer, "active_adapters", ())))
-
-    def _sync(self, structure: tuple | None) -> None:
-        if structure != self._structure:
-            if self._structure is not _UNSEEN and self.component is not None:
-                logger.info("[%s] LoRA adapters changed (%s -> %s); forgetting compiled artifacts",
-                            self.component.name, self._structure, structure)
-                self.component.invalidate()
-            self._structure = structure
-
-    def prepare(self, call: dict[str, Any], kwargs_name: str | None) -> None:
-        """Add the LoRA token to ``call``; drop an ineffective ``scale`` from the attention kwargs."""
-        state = self.state()
-        if state is not None:
-            call[LORA_KEY] = state
-        elif kwargs_name and isinstance(call.get(kwargs_name), dict) and "scale" in call[kwargs_name]:
-            rest = {k: v for k, v in call[kwargs_name].items() if k != "scale"}
-            if rest:
-                call[kwargs_name] = rest
-            else:
-                del call[kwargs_name]
-
-
-# ----------------------------------------------------------------------------------------- cores
-class TupleCore(torch.nn.Module):
-    """The compiled unit: calls the original forward with ``return_dict=False``, returns its tuple."""
-
-    def __init__(self, original: OriginalForward) -> None:
-        super().__init__()
-        self.original = original
-
-    def forward(self, **kwargs: Any) -> Any:
-        kwargs.pop(LORA_KEY, None)
-        return tuple(self.original(**kwargs, return_dict=False))
-
-
-class PassCore(torch.nn.Module):
-    """The compiled unit of the generic wrapper: the call exactly as made."""
-
-    def __init__(self, original: OriginalForward) -> None:
-        super().__init__()
-        self.original = original
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.pop(LORA_KEY, None)
-        return self.original(*args, **kwargs)
-
-
-# ----------------------------------------------------------------------------------------- wrappers
 def wrap_module(
     module: torch.nn.Module,
     *,
@@ -262,22 +45,14 @@ def wrap_module(
 ) -> Wrapped:
     """The generic wrapper: any module, in place, its calls passed through unchanged (``return_dict``
     and plain values included, keyed by value). Output types come back as the backend rebuilds them."""
-    name = name or type(module).__name__
-    check_offload(module, name)
-    holder: dict[str, Component] = {}
 
-    def make_forward(original: OriginalForward):
-        component = make_component(module, runtime=runtime, name=name, shapes=shapes,
-                                   eager=PassCore(original), settings=settings)
-        holder[name] = component
+    def call(component, lora: LoraTracker, args: tuple, kwargs: dict[str, Any]) -> Any:
+        kwargs = dict(kwargs)
+        lora.prepare(kwargs, None)
+        return component(*args, **kwargs)
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            return component(*args, **kwargs)
-
-        return forward
-
-    attach(module, make_forward)
-    return Wrapped(holder, [module])
+    return wrap_in_place(module, name or type(module).__name__, core=PassCore, call=call, runtime=runtime,
+                         shapes=shapes, settings=settings)
 
 
 def apply_transformer(
@@ -289,11 +64,7 @@ def apply_transformer(
     settings: dict | None = None,
 ) -> Wrapped:
     """Wrap a diffusers transformer (SD3, Flux, HunyuanVideo, or any with a ``return_dict`` forward
-    returning ``Transformer2DModelOutput``); other modules get ``wrap_module``.
-
-    ``timestep`` and ``guidance`` given as Python numbers become tensors of the batch size, LoRA scale
-    in ``joint_attention_kwargs``/``attention_kwargs`` is handled by ``LoraTracker``.
-    """
+    returning ``Transformer2DModelOutput``); other modules get ``wrap_module``."""
     from diffusers.utils import BaseOutput
 
     forward = type(module).forward
@@ -303,33 +74,22 @@ def apply_transformer(
         logger.info("[%s] %s has no single-output return_dict forward; using the generic wrapper",
                     name, type(module).__name__)
         return wrap_module(module, runtime=runtime, name=name, shapes=shapes, settings=settings)
-    check_offload(module, name)
     field = dataclasses.fields(cls)[0].name
     first = binder.names[0]
     attention = next((k for k in ("joint_attention_kwargs", "attention_kwargs", "cross_attention_kwargs")
                       if k in binder.all_names), None)
-    holder: dict[str, Component] = {}
 
-    def make_forward(original: OriginalForward):
-        component = make_component(module, runtime=runtime, name=name, shapes=shapes,
-                                   eager=TupleCore(original), settings=settings)
-        holder[name] = component
-        lora = LoraTracker(module, component)
+    def call(component, lora: LoraTracker, args: tuple, kwargs: dict[str, Any]) -> Any:
+        call = binder.bind(args, kwargs)
+        return_dict = call.pop("return_dict", True)
+        sample = call.get(first)
+        if isinstance(sample, torch.Tensor):
+            for key in ("timestep", "guidance"):
+                if key in call:
+                    call[key] = scalar_to_tensor(call[key], sample.device, sample.shape[0])
+        lora.prepare(call, attention)
+        out = component(**call)
+        return cls(**{field: out[0]}) if return_dict else out
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            call = binder.bind(args, kwargs)
-            return_dict = call.pop("return_dict", True)
-            sample = call.get(first)
-            if isinstance(sample, torch.Tensor):
-                for key in ("timestep", "guidance"):
-                    if key in call:
-                        call[key] = scalar_to_tensor(call[key], sample.device, sample.shape[0])
-            lora.prepare(call, attention)
-            out = component(**call)
-            return cls(**{field: out[0]}) if return_dict else out
-
-        return forward
-
-    attach(module, make_forward)
-    return Wrapped(holder, [module])
-
+    return wrap_in_place(module, name, core=TupleCore, call=call, runtime=runtime, shapes=shapes,
+                         settings=settings)

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, SpecLike, make_component
-from .transformer import CallBinder, LoraTracker, TupleCore, Wrapped, attach, check_offload, scalar_to_tensor
+from ..runtime import TensorRTRuntime
+from .base import SpecLike
+from .family import CallBinder, LoraTracker, TupleCore, Wrapped, scalar_to_tensor, wrap_in_place
 
 __all__ = ["apply_unet"]
 
@@ -45,26 +45,15 @@ def apply_unet(
     """
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-    check_offload(unet, name)
     binder = CallBinder(type(unet).forward)
-    holder: dict[str, Component] = {}
 
-    def make_forward(original: OriginalForward):
-        component = make_component(unet, runtime=runtime, name=name, shapes=shapes,
-                                   eager=TupleCore(original), settings=settings)
-        holder[name] = component
-        lora = LoraTracker(unet, component)
+    def call(component, lora: LoraTracker, args: tuple, kwargs: dict[str, Any]) -> Any:
+        call = binder.bind(args, kwargs)
+        return_dict = call.pop("return_dict", True)
+        sample = call["sample"]
+        call["timestep"] = scalar_to_tensor(call["timestep"], sample.device)
+        lora.prepare(call, "cross_attention_kwargs")
+        (out,) = component(**call)
+        return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            call = binder.bind(args, kwargs)
-            return_dict = call.pop("return_dict", True)
-            sample = call["sample"]
-            call["timestep"] = scalar_to_tensor(call["timestep"], sample.device)
-            lora.prepare(call, "cross_attention_kwargs")
-            (out,) = component(**call)
-            return UNet2DConditionOutput(sample=out) if return_dict else (out,)
-
-        return forward
-
-    attach(unet, make_forward)
-    return Wrapped(holder, [unet])
+    return wrap_in_place(unet, name, core=TupleCore, call=call, runtime=runtime, shapes=shapes, settings=settings)

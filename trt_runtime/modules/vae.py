@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
+from ..component import Component
 from ..errors import ConfigurationError
-from ..runtime import Component, TensorRTRuntime
-from .base import OriginalForward, SpecLike, make_component
-from .transformer import CallBinder, PassCore, Wrapped, attach, check_offload, detach
+from ..runtime import TensorRTRuntime
+from .base import SpecLike
+from .family import CallBinder, PassCore, Wrapped, check_offload, detach, wrap_in_place
 
 __all__ = ["apply_vae", "SUPPORTED_VAES"]
 
@@ -86,17 +87,9 @@ def apply_vae(
 
 def _wrap_part(module: torch.nn.Module, name: str, runtime, settings, shapes) -> dict[str, Component]:
     binder = CallBinder(type(module).forward)
-    holder: dict[str, Component] = {}
 
-    def make_forward(original: OriginalForward):
-        component = make_component(module, runtime=runtime, name=name, shapes=shapes,
-                                   eager=PassCore(original), settings=settings)
-        holder[name] = component
+    def call(component, lora, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return component(**binder.bind(args, kwargs))
 
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            return component(**binder.bind(args, kwargs))
-
-        return forward
-
-    attach(module, make_forward)
-    return holder
+    return wrap_in_place(module, name, core=PassCore, call=call, runtime=runtime, shapes=shapes,
+                         settings=settings).components

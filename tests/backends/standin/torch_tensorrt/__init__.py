@@ -28,6 +28,16 @@ from . import _signatures
 
 __version__ = os.environ.get("TRT_RUNTIME_STANDIN_VERSION", "2.14.0")
 STANDIN = True
+FLAVOUR = os.environ.get("TRT_RUNTIME_STANDIN_FLAVOUR", "tensorrt")
+"""``tensorrt`` or ``tensorrt-rtx``: which distribution the stand-in imitates (the Python sources of
+both are the same per release; the real package tells them apart with ``ENABLED_FEATURES.tensorrt_rtx``)."""
+
+
+class _Features:
+    tensorrt_rtx = FLAVOUR == "tensorrt-rtx"
+
+
+ENABLED_FEATURES = _Features()
 
 _match = re.match(r"(\d+)\.(\d+)", __version__)
 SERIES = (int(_match.group(1)), int(_match.group(2))) if _match else (2, 14)

@@ -37,10 +37,27 @@ def compile(exported_program, inputs=None, **kwargs):  # noqa: A001 - the publis
         if node.op == "call_function" and any(op in str(node.target) for op in UNSUPPORTED_OPS):
             raise RuntimeError(f"stand-in: no TensorRT converter for {node.target} and "
                                "require_full_compilation-like failure")
+    from .conversion._TRTInterpreter import TRTInterpreter
+
+    TRTInterpreter().run()  # the builder config, as the real interpreter makes it
     module = exported_program.module()
     module._standin_program = exported_program
     if kwargs.get("offload_module_to_cpu"):
         module.to("cpu")
+    return module
+
+
+def refit_module_weights(compiled_module, new_weight_module, arg_inputs=None, kwarg_inputs=None,
+                         verify_output=False, in_place=False, **kwargs):
+    """Imitates the published refit: a new module computing with ``new_weight_module``'s weights (the
+    stand-in's "engine" is the program's own module), never in place for a loaded program."""
+    _root.CALLS.append(("refit", {"in_place": in_place}))
+    if not isinstance(new_weight_module, torch.export.ExportedProgram):
+        raise TypeError("new_weight_module must be an ExportedProgram")
+    if in_place:
+        raise AssertionError("in_place=True is not supported for a program loaded from disk")
+    module = new_weight_module.module()
+    module._standin_program = new_weight_module
     return module
 
 

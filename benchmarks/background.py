@@ -1,0 +1,82 @@
+"""First-image latency with background builds, run as its own process (fresh engine and inductor caches):
+``python -m benchmarks.background sd15_pipeline --size full``.
+
+What a server sees when it starts: the pipeline is built, wrapped with ``background=True``, and asked for
+images at once. The figures, as one JSON line:
+
+- ``eager_image_s``: an unwrapped image, warm (median of two after a first one that warms cuDNN and
+  allocators): the latency the first wrapped image is compared with;
+- ``background_first_image_s``: the first image with ``wrap_pipeline(pipe, background=True)``, while
+  the builds run beside it; ``background_first_vs_eager`` is its ratio to ``eager_image_s``;
+- ``background_images``: the per-image seconds of every image generated until the builds are done
+  (what requests see meanwhile) and ``background_ready_s``, seconds from wrapping until every build has
+  finished;
+- ``compiled_image_s``: an image once the artifacts are swapped in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from .pipelines import PIPELINES, build_pipeline, generate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("case", choices=sorted(PIPELINES))
+    parser.add_argument("--size", default="full", choices=("full", "tiny"))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--max-wait", type=float, default=900.0, help="give up waiting for the builds after this")
+    args = parser.parse_args(argv)
+
+    import trt_runtime
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    case = PIPELINES[args.case]
+    dtype = case.dtype if device.type == "cuda" else torch.float32
+    pipe = build_pipeline(args.case, args.size, device, dtype)
+
+    def image() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            generate(pipe, case, args.size)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    figures: dict[str, object] = {"case": args.case, "size": args.size, "device": str(device)}
+    figures["eager_first_image_s"] = image()
+    figures["eager_image_s"] = statistics.median([image(), image()])
+    runtime = trt_runtime.TensorRTRuntime(background=True)
+    wrapped_at = time.perf_counter()
+    trt_runtime.wrap_pipeline(pipe, runtime=runtime)
+    figures["background_first_image_s"] = image()
+    figures["background_first_vs_eager"] = figures["background_first_image_s"] / figures["eager_image_s"]
+    images = [figures["background_first_image_s"]]
+    while time.perf_counter() - wrapped_at < args.max_wait:
+        totals = runtime.stats.totals()
+        pending = totals["compiling"] or any(
+            slot.state.value == "compiling"
+            for comp in trt_runtime.pipeline.wrapped_components(pipe).values() for slot in comp.slots.values())
+        if not pending:
+            break
+        images.append(image())
+    figures["background_ready_s"] = time.perf_counter() - wrapped_at
+    figures["background_images"] = images
+    figures["compiled_image_s"] = statistics.median([image(), image()])
+    figures["totals"] = runtime.stats.totals()
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""STAND-IN for ``torch_tensorrt.dynamo.conversion`` (tests only; NOT TensorRT)."""

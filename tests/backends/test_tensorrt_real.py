@@ -1,0 +1,158 @@
+"""Real TensorRT engines (markers ``gpu`` and ``tensorrt``: skipped unless torch_tensorrt imports on a CUDA
+machine; on this project's GPU machine that is torch-tensorrt-rtx 2.11.0, see ../shared/GPU.md).
+
+Every family, through tiny pipelines built from config (reduced width and depth: the same block types as
+the published models), in fp16 on the GPU: each wrapped pipeline must give eager's image, and each
+component either converts or falls back with a reason. Which components converted is written to
+``$TRT_RUNTIME_TEST_REPORT`` (JSON lines) when set, so the GPU log says it per family and release.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from tests.support import tiny_models as tm
+from trt_runtime import TensorRTModule, TensorRTRuntime
+from trt_runtime.pipeline import wrap_pipeline, wrapped_components
+
+pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZE = dict(prompt="a red lighthouse", height=64, width=64)
+
+# name: (pipeline builder, call arguments, components that must convert on every supported release)
+FAMILIES = {
+    "sd15": (tm.sd_pipeline, SIZE, {"unet", "vae.decoder", "text_encoder"}),
+    "sdxl": (tm.sdxl_pipeline, SIZE, {"unet", "vae.decoder"}),
+    "controlnet": (lambda: tm.sd_pipeline("StableDiffusionControlNetPipeline", controlnet=tm.sd_controlnet()),
+                   dict(image=torch.rand(1, 3, 64, 64), controlnet_conditioning_scale=0.6, **SIZE),
+                   {"unet", "controlnet"}),
+    "sd3": (tm.sd3_pipeline, SIZE, {"transformer"}),
+    "flux": (tm.flux_pipeline, dict(max_sequence_length=16, **SIZE), {"transformer"}),
+}
+
+
+def _report(**row) -> None:
+    path = os.environ.get("TRT_RUNTIME_TEST_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+
+
+def _images(pipe, inputs) -> np.ndarray:
+    out = pipe(**inputs, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np")
+    return np.asarray(out.images)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_converts_and_matches_eager(family, cache_dir):
+    build, inputs, must_convert = FAMILIES[family]
+    pipe = build().to("cuda", torch.float16)
+    reference = _images(pipe, inputs)
+    runtime = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir)
+    wrap_pipeline(pipe, runtime=runtime, text_encoders=True)
+    images = _images(pipe, inputs)
+    rows = {row.component: row for row in runtime.stats.rows()}
+    for name in wrapped_components(pipe):
+        row = rows.get(name)
+        _report(family=family, component=name, state=row.state if row else "not called",
+                error=row.error if row else None, phases=row.phases if row else None)
+    converted = {name for name, row in rows.items() if row.state == "ready"}
+    assert must_convert <= converted, {n: rows[n].error for n in must_convert - converted if n in rows}
+    difference = float(np.abs(images.astype(np.float64) - reference.astype(np.float64)).max())
+    _report(family=family, max_pixel_difference=difference)
+    assert difference < 0.1, difference  # fp16 engines vs fp16 eager, 0..1 pixels after 2 steps
+
+
+@torch.no_grad()
+def test_engine_reloads_in_a_fresh_process_without_building(cache_dir):
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        sys.path.insert(0, {ROOT!r})
+        from tests.support import tiny_models as tm
+        from trt_runtime import TensorRTRuntime
+        from trt_runtime.modules.unet import apply_unet
+        unet = tm.sd_unet().to("cuda", torch.float16).eval()
+        rt = TensorRTRuntime(backend="tensorrt", cache_dir={str(cache_dir)!r}, strict=True)
+        apply_unet(unet, runtime=rt)
+        g = torch.Generator("cuda").manual_seed(0)
+        x = torch.randn(2, 4, 16, 16, device="cuda", dtype=torch.float16, generator=g)
+        ctx = torch.randn(2, 8, 32, device="cuda", dtype=torch.float16, generator=g)
+        with torch.no_grad():
+            out = unet(x, 10, ctx).sample
+        print(json.dumps({{"totals": rt.stats.totals(), "sum": float(out.float().sum())}}))
+    """)
+    results = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first, second = results
+    assert first["totals"]["compiles"] == 1 and second["totals"]["compiles"] == 0 and second["totals"]["loads"] == 1
+    assert second["sum"] == pytest.approx(first["sum"], rel=1e-3)
+    _report(test="reload", first_s=first["totals"]["compile_seconds"], load_s=second["totals"]["load_seconds"])
+
+
+@torch.no_grad()
+def test_refittable_engine_follows_new_weights_and_back(cache_dir):
+    """A -> B -> A without a rebuild: B is what fusing a LoRA does to the base weights (an in-place edit
+    of the module, here through ``load_state_dict`` on the model itself, not on the wrapper)."""
+    from trt_runtime.modules.unet import apply_unet
+
+    unet = tm.sd_unet().to("cuda", torch.float16).eval()
+    weights_a = {k: v.clone() for k, v in unet.state_dict().items()}
+    weights_b = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in weights_a.items()}
+    rt = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir, strict=True, refittable=True)
+    apply_unet(unet, runtime=rt)
+    g = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, device="cuda", dtype=torch.float16, generator=g)
+    ctx = torch.randn(2, 8, 32, device="cuda", dtype=torch.float16, generator=g)
+    out_a = unet(x, 10, ctx).sample.clone()
+    unet.load_state_dict(weights_b)
+    out_b = unet(x, 10, ctx).sample.clone()
+    unet.load_state_dict(weights_a)
+    out_a2 = unet(x, 10, ctx).sample.clone()
+    totals = rt.stats.totals()
+    _report(test="refit", totals=totals, phases=[r.phases for r in rt.stats.rows()])
+    assert totals["compiles"] == 1 and sum(r.refits for r in rt.stats.rows()) == 2
+    assert not torch.allclose(out_a, out_b, atol=1e-3), "a stale engine was served"
+    torch.testing.assert_close(out_a2, out_a, atol=0, rtol=0)
+
+
+@torch.no_grad()
+def test_cuda_graphs_replay_engines_and_keep_outputs(cache_dir):
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 64, 3, padding=1), torch.nn.SiLU(),
+                              torch.nn.Conv2d(64, 4, 3, padding=1)).eval().to("cuda", torch.float16)
+    rt = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir, strict=True)
+    wrapped = TensorRTModule(net, runtime=rt)
+    xs = [torch.randn(2, 4, 32, 32, device="cuda", dtype=torch.float16) for _ in range(4)]
+    kept = [wrapped(x) for x in xs]
+    for x, out in zip(xs, kept, strict=True):
+        torch.testing.assert_close(out, net(x), atol=2e-2, rtol=2e-2)
+    _report(test="cuda_graphs", graphs=rt.stats.totals()["graphs"])
+    assert rt.stats.totals()["graphs"] == 1
+
+
+@torch.no_grad()
+def test_unconvertible_module_falls_back_with_a_reason(cache_dir):
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x[x > 0].sum().expand(2)  # a data-dependent shape
+
+    module = DataDependent().to("cuda")
+    rt = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir)
+    wrapped = TensorRTModule(module, runtime=rt)
+    x = torch.randn(8, device="cuda")
+    torch.testing.assert_close(wrapped(x), module(x))
+    (row,) = rt.stats.rows()
+    _report(test="fallback", state=row.state, error=row.error)
+    assert row.state == "failed" and row.error

@@ -1,0 +1,142 @@
+"""Background builds: the caller never waits, the artifact is swapped in between calls, failures are
+remembered as in the foreground, and the queue is bounded and cancelled at exit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from trt_runtime import TensorRTModule, TensorRTRuntime, builds
+from trt_runtime.backends import register_backend, unregister_backend
+
+from .support import backends as doubles
+from .support.backends import tiny_mlp
+
+
+@pytest.fixture(autouse=True)
+def _doubles():
+    for cls in (doubles.SlowExport, doubles.FailingBuild):
+        register_backend(cls.name, cls)
+        cls.builds = 0
+    doubles.SlowExport.delay = 1.0
+    with torch.no_grad():
+        yield
+    builds.shutdown_all(wait_s=10)
+    for cls in (doubles.SlowExport, doubles.FailingBuild):
+        unregister_backend(cls.name)
+
+
+def _wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_first_calls_run_eagerly_then_the_artifact_is_swapped_in(cache_dir):
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    module = tiny_mlp()
+    w = TensorRTModule(module, runtime=rt, name="mlp")
+    doubles.SlowExport.delay = 3.0
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(w(x), module(x))
+    torch.testing.assert_close(w(x), module(x))
+    assert rt.stats.totals()["compiles"] == 0, "the caller waited for the build"
+    assert [slot.state.value for slot in w.component.slots.values()] == ["compiling"]
+    _wait_for(lambda: "compiling" in rt.summary())
+    _wait_for(lambda: rt.stats.totals()["compiles"] == 1)
+    calls = rt.stats.totals()["calls"]
+    torch.testing.assert_close(w(x), module(x))
+    assert rt.stats.totals()["calls"] == calls + 1 and rt.stats.totals()["fallbacks"] == 0  # compiled now
+    assert rt.cache.entries()[0].status == "ready" and doubles.SlowExport.builds == 1
+
+
+def test_a_build_uses_its_own_copy_of_the_inputs(cache_dir):
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    module = tiny_mlp()
+    w = TensorRTModule(module, runtime=rt, name="mlp")
+    x = torch.randn(2, 8)
+    w(x)
+    x.fill_(float("nan"))  # the caller reuses its buffer while the build runs
+    _wait_for(lambda: rt.stats.totals()["compiles"] == 1)
+    y = torch.randn(2, 8)
+    torch.testing.assert_close(w(y), module(y))
+
+
+def test_background_failure_is_remembered_like_a_foreground_one(cache_dir):
+    rt = TensorRTRuntime(backend="failing", cache_dir=cache_dir, background=True)
+    module = tiny_mlp()
+    w = TensorRTModule(module, runtime=rt, name="mlp")
+    x = torch.randn(2, 8)
+    w(x)
+    _wait_for(lambda: rt.stats.totals()["failed"] == 1)
+    for _ in range(3):
+        torch.testing.assert_close(w(x), module(x))
+    assert doubles.FailingBuild.builds == 1 and rt.cache.entries()[0].status == "failed"
+
+
+def test_the_callers_error_is_raised_and_nothing_is_queued(cache_dir):
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    w = TensorRTModule(tiny_mlp(), runtime=rt, name="mlp")
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        w(torch.randn(2, 7))
+    assert w.component.slots == {} and doubles.SlowExport.builds == 0
+
+
+def test_a_full_queue_runs_eagerly_and_asks_again_later(cache_dir):
+    doubles.SlowExport.delay = 1.5
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True, max_pending_builds=1)
+    module = tiny_mlp()
+    w = TensorRTModule(module, runtime=rt, name="mlp")
+    xs = [torch.randn(batch, 8) for batch in (1, 2, 3)]
+    for x in xs:  # 1 builds, 2 waits in the queue, 3 finds it full
+        torch.testing.assert_close(w(x), module(x))
+    states = sorted(slot.state.value for slot in w.component.slots.values())
+    assert states == ["compiling", "compiling", "eager"]
+    _wait_for(lambda: rt.stats.totals()["compiles"] == 2)
+    time.sleep(5.1)  # the full-queue retry delay
+    w(xs[2])
+    _wait_for(lambda: rt.stats.totals()["compiles"] == 3)
+
+
+def test_shutdown_drops_pending_builds(cache_dir):
+    doubles.SlowExport.delay = 1.0
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    w = TensorRTModule(tiny_mlp(), runtime=rt, name="mlp")
+    for batch in (1, 2, 3):
+        w(torch.randn(batch, 8))
+    builds.shutdown_all(wait_s=10)
+    assert doubles.SlowExport.builds == 1, "queued builds must not start after shutdown"
+    # the build that was running finishes (its artifact may reach the disk for the next process) but is
+    # not swapped into a process that is shutting down
+    assert all(slot.state.value == "compiling" for slot in w.component.slots.values())
+
+
+def test_concurrent_calls_during_a_background_build_all_run_eagerly(cache_dir):
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    module = tiny_mlp()
+    w = TensorRTModule(module, runtime=rt, name="mlp")
+    x = torch.randn(2, 8)
+    expected = module(x)
+    errors = []
+
+    def worker():
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    torch.testing.assert_close(w(x), expected)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    _wait_for(lambda: rt.stats.totals()["compiles"] == 1)
+    assert doubles.SlowExport.builds == 1

@@ -1,0 +1,112 @@
+"""What the tensorrt backend does inside torch_tensorrt beyond ``dynamo.compile``'s keywords.
+
+- ``build_target``: build TensorRT-RTX engines for the GPU in the machine. No released torch-tensorrt-rtx
+  (2.11-2.14) has a setting for it; the builder config is created in the first statement of
+  ``TRTInterpreter._populate_trt_builder_config`` (2.11: three parameters after ``self``; 2.12-2.14: two),
+  so that method is wrapped, and the wrapper changes only configs made while *this thread* is inside
+  ``build_target`` (a ``ContextVar``). The wrapper is installed on the first entry and removed when the
+  last build that needed it leaves: no patch outlives the builds, and builds of other threads or of
+  other libraries meanwhile pass through untouched. The contract tests pin the method per release.
+- ``engine_error_hint``: what to tell a user whose engine cannot run on this GPU.
+
+Nothing here imports torch_tensorrt at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["build_target", "engine_error_hint", "HOOKED_METHOD"]
+
+logger = logging.getLogger(__name__)
+
+HOOKED_METHOD = ("torch_tensorrt.dynamo.conversion._TRTInterpreter", "TRTInterpreter",
+                 "_populate_trt_builder_config")
+"""Module, class and method whose returned builder config ``build_target`` adjusts."""
+
+_CURRENT_GPU: contextvars.ContextVar[bool] = contextvars.ContextVar("trt_runtime_current_gpu", default=False)
+_LOCK = threading.Lock()
+_USERS = 0
+_ORIGINAL: Any = None
+
+
+def _set_current_compute_capability(config: Any) -> None:
+    import tensorrt as trt  # inside torch_tensorrt-rtx this is its proxy of tensorrt_rtx
+
+    capability = getattr(trt, "ComputeCapability", None)
+    if capability is None or not hasattr(config, "set_compute_capability"):
+        raise RuntimeError("this TensorRT build has no ComputeCapability API (not TensorRT-RTX?)")
+    config.num_compute_capabilities = 1
+    if not config.set_compute_capability(capability.CURRENT, 0):
+        raise RuntimeError("IBuilderConfig.set_compute_capability(ComputeCapability.CURRENT, 0) was refused")
+
+
+def _install() -> None:
+    global _ORIGINAL
+    import importlib
+
+    module_name, class_name, method_name = HOOKED_METHOD
+    cls = getattr(importlib.import_module(module_name), class_name)
+    original = cls.__dict__[method_name]
+
+    @functools.wraps(original)
+    def populate(self, *args: Any, **kwargs: Any) -> Any:
+        config = original(self, *args, **kwargs)
+        if _CURRENT_GPU.get():
+            _set_current_compute_capability(config)
+        return config
+
+    populate.__trt_runtime_hook__ = True  # type: ignore[attr-defined]
+    setattr(cls, method_name, populate)
+    _ORIGINAL = (cls, method_name, original)
+
+
+def _uninstall() -> None:
+    global _ORIGINAL
+    cls, method_name, original = _ORIGINAL
+    setattr(cls, method_name, original)
+    _ORIGINAL = None
+
+
+@contextlib.contextmanager
+def build_target(flavour: str, target: str) -> Iterator[None]:
+    """Within the block, TensorRT-RTX builds of this thread target the GPU in the machine when ``target``
+    is ``current``. Datacenter TensorRT, or ``portable``, changes nothing."""
+    global _USERS
+    if flavour != "tensorrt-rtx" or target != "current":
+        yield
+        return
+    with _LOCK:
+        if _USERS == 0:
+            _install()
+        _USERS += 1
+    token = _CURRENT_GPU.set(True)
+    try:
+        yield
+    finally:
+        _CURRENT_GPU.reset(token)
+        with _LOCK:
+            _USERS -= 1
+            if _USERS == 0:
+                _uninstall()
+
+
+_NO_KERNELS = ("compatible cubin or ptx", "no kernel image is available")
+
+
+def engine_error_hint(error: BaseException | str, flavour: str | None, target: str) -> str | None:
+    """A hint for an engine that built but cannot run on this GPU (its kernels target other compute
+    capabilities); None for any other error."""
+    text = str(error).lower()
+    if not any(marker in text for marker in _NO_KERNELS):
+        return None
+    if flavour == "tensorrt-rtx" and target == "portable":
+        return ("the engine has no kernels for this GPU's compute capability: TensorRT-RTX builds for its "
+                "portable list (8.6/8.9/12.0) with tensorrt_target='portable'; use tensorrt_target='current'")
+    return "the engine has no kernels for this GPU's compute capability; rebuild it on this GPU"

@@ -1,0 +1,139 @@
+"""Background builds: one worker per device, a bounded queue, cancelled cleanly at exit.
+
+With ``RuntimeSettings.background`` a miss does not make its caller wait: the call runs eagerly, the
+build is queued here, and every call of that signature runs eagerly until the worker hands the
+artifact over (between calls: the runtime swaps a slot's callable in one step, never during a call).
+One build at a time per device by default, since two builds on one GPU compete for its memory and
+gain little; a full queue turns the request away and the signature asks again later.
+
+The worker runs its GPU work on a stream of its own, so the eager calls of the caller are not ordered
+behind it; its example inputs are private copies, taken when the build was queued.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["BuildQueue", "queue_for", "shutdown_all"]
+
+logger = logging.getLogger(__name__)
+
+
+class BuildQueue:
+    """A worker thread that runs submitted build jobs one after another."""
+
+    def __init__(self, name: str, max_pending: int) -> None:
+        self.name = name
+        self._queue: queue.Queue[tuple[str, Callable[[], None]] | None] = queue.Queue(maxsize=max_pending)
+        self._cancelled = threading.Event()
+        self._running: str | None = None
+        self._thread = threading.Thread(target=self._work, name=f"trt_runtime-build-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> str | None:
+        """Description of the build in progress, if any."""
+        return self._running
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, description: str, job: Callable[[], None]) -> bool:
+        """Queue ``job``; False when the queue is full or shut down (the caller asks again later)."""
+        if self._cancelled.is_set():
+            return False
+        try:
+            self._queue.put_nowait((description, job))
+        except queue.Full:
+            return False
+        return True
+
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def shutdown(self, wait_s: float = 0.0) -> list[str]:
+        """Drop pending jobs and stop the worker; returns the descriptions of the jobs dropped. The build
+        in progress cannot be interrupted inside a compiler: it is waited for up to ``wait_s`` seconds,
+        and its result is not published if it finishes later (jobs check ``cancelled()``)."""
+        self._cancelled.set()
+        dropped = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                dropped.append(item[0])
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:  # pragma: no cover - emptied just above
+            pass
+        if wait_s > 0:
+            self._thread.join(wait_s)
+        return dropped
+
+    def _work(self) -> None:
+        stream = None
+        while True:
+            item = self._queue.get()
+            if item is None or self._cancelled.is_set():
+                return
+            description, job = item
+            self._running = description
+            try:
+                if stream is None and torch.cuda.is_available() and self.name.startswith("cuda"):
+                    stream = torch.cuda.Stream(device=torch.device(self.name))
+                if stream is not None:
+                    with torch.cuda.stream(stream):
+                        job()
+                    stream.synchronize()
+                else:
+                    job()
+            except Exception:  # noqa: BLE001 - a job reports its own failures; this keeps the worker alive
+                logger.exception("background build %s raised", description)
+            finally:
+                self._running = None
+
+
+_QUEUES: dict[str, BuildQueue] = {}
+_LOCK = threading.Lock()
+_REGISTERED = False
+
+
+def queue_for(device: torch.device | None, max_pending: int) -> BuildQueue:
+    """The build queue of ``device`` (one worker per device, created on first use)."""
+    global _REGISTERED
+    name = "cpu" if device is None or device.type != "cuda" else f"cuda:{device.index or 0}"
+    with _LOCK:
+        build_queue = _QUEUES.get(name)
+        if build_queue is None or build_queue.cancelled():
+            build_queue = _QUEUES[name] = BuildQueue(name, max_pending)
+        if not _REGISTERED:
+            atexit.register(shutdown_all)
+            _REGISTERED = True
+        return build_queue
+
+
+def shutdown_all(wait_s: float = 0.0) -> None:
+    """Cancel every queue's pending builds (registered with ``atexit``)."""
+    with _LOCK:
+        queues = list(_QUEUES.values())
+        _QUEUES.clear()
+    for build_queue in queues:
+        running = build_queue.running
+        dropped = build_queue.shutdown(wait_s)
+        if dropped or running:
+            logger.info("cancelled %d queued background build(s)%s", len(dropped),
+                        f"; abandoned the one in progress ({running})" if running else "")
+
+
+def clone_call(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """Private copies of a call's tensors for a build that runs later on another thread."""
+    return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().clone(), (args, kwargs))

@@ -1,0 +1,399 @@
+"""Getting a compiled callable for one signature: memory, refit, disk, or a build. Off the hot path.
+
+``Resolver.resolve`` computes the cache key once, then tries in order: the artifact already in memory
+(a stale signature whose key did not change), a refit of it (new weights, same engine), the disk cache,
+and a build under the per-key lock (another process building the same key is waited for and loaded).
+It returns a ``Resolution``: the state the signature goes to and, when the resolver ran the call
+itself (a build or a load runs the real call once), that call's output.
+
+Failures are told apart here, in one place:
+
+- the caller's error: the call fails eagerly too (wrong dtype, wrong channel count, a meta tensor).
+  Eager's exception propagates as eager raises it; nothing is recorded or counted.
+- transient: out of memory, a full disk, an interrupted build. Remembered in memory with a retry after a
+  backoff, never written to disk.
+- deterministic: export or conversion cannot handle the graph, or validation rejects the output.
+  Remembered in memory and on disk (``meta.json`` with the error text), so no process retries it on
+  every call; ``retry_failed=True`` or ``trt-runtime cache clear --failed`` asks again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import keys
+from .backends import Backend, CompileRequest
+from .cache import FAILED, READY
+from .calls import short_shapes, tensor_shapes
+from .errors import CacheError, ConfigurationError, EngineBuildError, TrtRuntimeError, ValidationError
+from .settings import default_tolerance
+from .state import State
+from .validation import relative_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .component import Component
+    from .runtime import TensorRTRuntime
+
+__all__ = ["Resolver", "Resolution", "NOTHING", "is_transient"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Nothing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<nothing>"
+
+
+NOTHING: Any = _Nothing()
+"""``Resolution.output`` when the resolver did not run the call."""
+
+
+@dataclasses.dataclass
+class Resolution:
+    """What a signature becomes, and the output of the call if the resolver ran it."""
+
+    state: State
+    key: str = ""
+    fn: Callable[..., Any] | None = None
+    output: Any = NOTHING
+    error: str | None = None
+    transient: bool = False
+    stats: Any = None
+    holds_weights: bool = False
+    """The artifact holds a copy of the weights (a TensorRT engine): the runtime watches the module's
+    weights for in-place changes and never serves it after one."""
+
+
+_TRANSIENT_TEXT = ("out of memory", "no space left on device", "disk quota exceeded", "cannot allocate memory",
+                   "resource temporarily unavailable")
+_TRANSIENT_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EINTR, errno.EAGAIN}
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a failure may go away by itself (memory, disk space, an interruption), judged by the
+    exception and its causes. Such failures are retried later and never written to disk."""
+    seen = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (MemoryError, torch.cuda.OutOfMemoryError, InterruptedError, TimeoutError)):
+            return True
+        if isinstance(current, OSError) and current.errno in _TRANSIENT_ERRNO:
+            return True
+        text = str(current).lower()
+        if any(marker in text for marker in _TRANSIENT_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+@contextlib.contextmanager
+def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - started
+
+
+class Resolver:
+    """Loads, refits, builds, validates and persists artifacts for a runtime's components."""
+
+    def __init__(self, runtime: TensorRTRuntime) -> None:
+        self.runtime = runtime
+
+    # ------------------------------------------------------------------------------------------ entry
+    def resolve(self, comp: Component, sig: tuple, args: tuple, kwargs: dict[str, Any], *,
+                previous: Any = None, run_call: bool = True) -> Resolution:
+        """Resolve ``sig``. ``previous`` is the slot being re-resolved (stale or retried);
+        ``run_call=False`` when the call was already answered eagerly (background builds): then the
+        resolver only needs the call as an example, and a failing example is not re-checked eagerly."""
+        runtime, settings = self.runtime, comp.settings
+        try:
+            backend = runtime.backend_for(comp.device, settings)
+        except TrtRuntimeError as err:
+            if settings.strict:
+                raise
+            comp.warn_once("backend", "[%s] %s; running eagerly", comp.name, err)
+            return Resolution(State.EAGER, error=str(err))
+        if backend.name == "eager":
+            return Resolution(State.EAGER, error="backend 'eager'")
+
+        phases: dict[str, float] = {}
+        shapes = tensor_shapes(args, kwargs)
+        with _phase(phases, "fingerprint"):
+            request, key, meta = self._describe(comp, backend, sig, args, kwargs)
+        row = runtime.stats.record(comp.name, key, short_shapes(shapes), backend=backend.name,
+                                   state=State.COMPILING.value)
+        job = _Job(self, comp, backend, request, key, meta, shapes, phases, row, run_call,
+                   revalidate=bool(previous is not None and previous.revalidate))
+
+        if previous is not None and previous.fn is not None:  # stale: the weights changed
+            if backend.can_refit(settings):
+                refitted = job.refit(previous.fn)
+                if refitted is not None:
+                    return refitted
+            elif previous.key == key:  # the artifact reads weights at run time: nothing to redo
+                return job.ready(previous.fn, NOTHING, source=None)
+        loaded = job.load()
+        if loaded is not None:
+            return loaded
+        if runtime.persisting(backend, settings):
+            try:
+                with runtime.cache_for(settings).lock(key, settings.lock_timeout_s):
+                    loaded = job.load(quiet=True)  # another process may have built it while we waited
+                    return loaded if loaded is not None else job.build()
+            except CacheError as err:
+                runtime.cache_unwritable(comp, err)
+        return job.build()
+
+    # ------------------------------------------------------------------------------------------ key
+    def _describe(self, comp: Component, backend: Backend, sig: tuple, args: tuple, kwargs: dict[str, Any]):
+        settings = comp.settings
+        request = CompileRequest(
+            component=comp.name, module=comp.eager if isinstance(comp.eager, torch.nn.Module) else comp.module,
+            args=args, kwargs=kwargs, names=comp.names, dynamic=_active_dims(sig, comp.spec),
+            settings=settings, device=comp.device, precision=comp.precision, traits=comp.traits,
+        )
+        parts = {
+            "component": comp.name,
+            "module": comp.fingerprint(with_weights=backend.embeds_weights(settings)),
+            "signature": keys.signature_json(sig[1]),
+            "backend": backend.name,
+            "options": settings.describe(backend.artifact_fields),
+            "precision": comp.precision,
+            "traits": sorted(comp.traits),
+            "environment": self.runtime.environment(backend, comp.device),
+        }
+        key = keys.cache_key(parts)
+        meta = {**parts, "key": key, "shapes": [list(s) for s in tensor_shapes(args, kwargs)]}
+        if backend.can_refit(settings):  # keyed without weights: the entry says which weights it holds
+            meta["weights"] = comp.fingerprint(with_weights=True)["weights"]
+        return request, key, meta
+
+
+@dataclasses.dataclass
+class _Job:
+    """One resolution in progress: the pieces every step needs, and the steps."""
+
+    resolver: Resolver
+    comp: Component
+    backend: Backend
+    request: CompileRequest
+    key: str
+    meta: dict[str, Any]
+    shapes: list[tuple[int, ...]]
+    phases: dict[str, float]
+    row: Any
+    run_call: bool
+    revalidate: bool = False
+
+    @property
+    def runtime(self) -> TensorRTRuntime:
+        return self.resolver.runtime
+
+    @property
+    def persisting(self) -> bool:
+        return self.runtime.persisting(self.backend, self.request.settings)
+
+    @property
+    def cache(self):
+        return self.runtime.cache_for(self.request.settings)
+
+    def _call(self, fn: Callable[..., Any]) -> Any:
+        return fn(*self.request.args, **self.request.kwargs)
+
+    def ready(self, fn: Callable[..., Any], output: Any, source: str | None, **counters: Any) -> Resolution:
+        chosen = self.backend.artifact_meta(fn).get("fastest")
+        if chosen:
+            counters["backend"] = f"{self.backend.name}:{chosen['chosen']}"
+        row = self.runtime.stats.record(self.comp.name, self.key, state=State.READY.value, error=None,
+                                        phases=self.phases, **counters)
+        self.phases = {}
+        if source:
+            logger.info("[%s] %s", self.comp.name, source)
+        holds = self.backend.embeds_weights(self.request.settings) or self.backend.can_refit(self.request.settings)
+        return Resolution(State.READY, self.key, fn, output, stats=row, holds_weights=holds)
+
+    # ------------------------------------------------------------------------------------------ refit
+    def refit(self, fn: Callable[..., Any]) -> Resolution | None:
+        """New weights into an existing artifact, when the backend can (refittable engines)."""
+        if not self.backend.can_refit(self.request.settings):
+            return None
+        try:
+            with _phase(self.phases, "refit"):
+                refitted = self.backend.refit(fn, self.request)
+                output = self._call(refitted) if self.run_call else NOTHING
+        except Exception as err:  # noqa: BLE001 - a failed refit rebuilds
+            logger.warning("[%s] refit failed (%s: %s); rebuilding", self.comp.name, type(err).__name__, err)
+            return None
+        return self.ready(refitted, output, f"refitted the {self.backend.name} artifact with new weights "
+                          f"in {self.phases['refit']:.2f} s", refits=1)
+
+    # ------------------------------------------------------------------------------------------ disk
+    def load(self, quiet: bool = False) -> Resolution | None:
+        runtime, comp = self.runtime, self.comp
+        if not self.persisting:
+            return None
+        with _phase(self.phases, "checksum"):
+            entry = self.cache.read(self.key)
+        if entry is None:
+            return None
+        if entry.status == FAILED and not comp.settings.retry_failed:
+            error = str(entry.meta.get("error", "unknown error"))
+            comp.warn_once(f"failed:{self.key}", "[%s] an earlier build for shapes %s failed (%s); running "
+                           "eagerly (clear it with `trt-runtime cache clear --failed` or retry_failed=True)",
+                           comp.name, short_shapes(self.shapes), error)
+            runtime.stats.record(comp.name, self.key, state=State.FAILED.value, error=error)
+            return Resolution(State.FAILED, self.key, error=error)
+        if entry.status != READY:
+            return None
+        started = time.perf_counter()
+        refits = 0
+        try:
+            with _phase(self.phases, "load"):
+                fn = self.backend.load(self.request, entry.path)
+            if "weights" in self.meta and entry.meta.get("weights") != self.meta["weights"]:
+                with _phase(self.phases, "refit"):  # the entry holds other weights than the module's
+                    fn = self.backend.refit(fn, self.request)
+                refits = 1
+            with _phase(self.phases, "load"):
+                output = self._call(fn)
+        except Exception as err:  # noqa: BLE001 - an artifact that does not load is a miss
+            logger.warning("[%s] cached artifact %s could not be loaded (%s: %s); building it again",
+                           comp.name, entry.path, type(err).__name__, err)
+            return None
+        if self.revalidate and not self._validate(output):
+            return Resolution(State.FAILED, self.key, error=self.row.error, output=NOTHING)
+        seconds = time.perf_counter() - started
+        self.cache.touch(entry)
+        message = None if quiet else f"loaded {self.backend.name} artifact from {entry.path} in {seconds:.2f} s"
+        return self.ready(fn, output, message, loads=1, load_seconds=seconds, calls=1, refits=refits)
+
+    # ------------------------------------------------------------------------------------------ build
+    def build(self) -> Resolution:
+        runtime, comp, settings = self.runtime, self.comp, self.request.settings
+        logger.info("[%s] compiling with %s for input shapes %s (key %s); this can take minutes",
+                    comp.name, self.backend.name, short_shapes(self.shapes), self.key[:12])
+        started = time.perf_counter()
+        try:
+            with _Progress(comp.name, self.backend.name, settings.progress_interval_s), \
+                    _phase(self.phases, "compile"):
+                fn = self.backend.compile(self.request)
+                output = self._call(fn)
+        except ConfigurationError:
+            raise  # the user's settings are wrong: say so now, do not remember it as this key's failure
+        except Exception as err:  # noqa: BLE001 - every build failure is classified below
+            return self.failed(err, EngineBuildError)
+        seconds = time.perf_counter() - started
+        logger.info("[%s] compiled in %.1f s", comp.name, seconds)
+        if (settings.validate or self.revalidate) and not self._validate(output):
+            return self.failed(None, ValidationError)
+        if self.persisting:
+            meta = {**self.meta, "compile_seconds": round(seconds, 3), **self.backend.artifact_meta(fn)}
+            try:
+                with _phase(self.phases, "save"):
+                    entry = self.cache.write(self.key, meta, lambda folder: self.backend.save(fn, self.request, folder))
+                logger.info("[%s] saved artifact to %s", comp.name, entry.path)
+            except CacheError as err:
+                runtime.cache_unwritable(comp, err)
+        return self.ready(fn, output, None, compiles=1, compile_seconds=seconds, calls=1)
+
+    def _validate(self, output: Any) -> bool:
+        comp = self.comp
+        with _phase(self.phases, "validate"):
+            reference = self._call(comp.eager)
+            tolerance = comp.settings.tolerance or default_tolerance(comp.precision)
+            error = relative_error(output, reference)
+        if error <= tolerance:
+            logger.info("[%s] validated against eager: relative error %.3g", comp.name, error)
+            return True
+        self.row.error = f"output differs from eager by {error:.3g} (tolerance {tolerance:.3g})"
+        return False
+
+    def failed(self, err: BaseException | None, exc_type: type[TrtRuntimeError]) -> Resolution:
+        """Classify a failure (caller's, transient, deterministic), remember it accordingly."""
+        runtime, comp = self.runtime, self.comp
+        error = self.row.error if err is None else f"{type(err).__name__}: {err}".strip()[:2000]
+        output = NOTHING
+        if err is not None and self.run_call:
+            try:
+                output = self._call(comp.eager)
+            except BaseException:  # eager fails too: the caller's own error, nothing is recorded
+                runtime.stats.discard(comp.name, self.key)
+                raise
+        transient = err is not None and is_transient(err)
+        runtime.stats.record(comp.name, self.key, state=State.FAILED.value, error=error)
+        if comp.settings.strict:
+            raise exc_type(f"build failed: {error}", component=comp.name, shapes=self.shapes,
+                           hint="set strict=False to fall back to eager PyTorch") from err
+        if transient:
+            comp.warn_once(f"transient:{self.key}", "[%s] build for input shapes %s failed for a reason that may "
+                           "pass (%s); running eagerly and retrying later", comp.name, short_shapes(self.shapes),
+                           error)
+            return Resolution(State.FAILED, self.key, error=error, output=output, transient=True)
+        if self.persisting:
+            try:
+                self.cache.write_failure(self.key, self.meta, error)
+            except CacheError as cache_err:
+                runtime.cache_unwritable(comp, cache_err)
+        comp.warn_once(f"build:{self.key}", "[%s] build for input shapes %s failed, running eagerly from now on: "
+                       "%s", comp.name, short_shapes(self.shapes), error)
+        return Resolution(State.FAILED, self.key, error=error, output=output)
+
+
+def _active_dims(sig: tuple, spec) -> dict:
+    """The declared dims this call's tensors fall inside (only those become dynamic)."""
+    if not spec:
+        return {}
+    active: dict[str, dict[int, Any]] = {}
+    for path, dims in spec.items():
+        for index, dim in dims.items():
+            if _sig_has_dim(sig, dim):
+                active.setdefault(path, {})[index] = dim
+    return active
+
+
+def _sig_has_dim(node: Any, dim) -> bool:
+    if node is dim:
+        return True
+    if isinstance(node, tuple):
+        return any(_sig_has_dim(child, dim) for child in node)
+    return False
+
+
+class _Progress:
+    """Logs a line every ``interval`` seconds while a build runs, so nobody thinks the process hung."""
+
+    def __init__(self, component: str, backend: str, interval: float) -> None:
+        self.component, self.backend, self.interval = component, backend, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Progress:
+        if self.interval > 0:
+            self._started = time.perf_counter()
+            self._thread = threading.Thread(target=self._run, name="trt_runtime-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            logger.info("[%s] still compiling with %s (%.0f s so far)", self.component, self.backend,
+                        time.perf_counter() - self._started)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
