@@ -1,12 +1,17 @@
-"""Publishing an entry: stage it privately, describe and seal it, then one rename into place.
+"""Publishing an entry (stage it privately, describe and seal it, one rename into place) and sweeping
+what unfinished publications left behind.
 
 ``publish`` creates ``.staging/<key>.<host>.<pid>.<rand>.new`` (0700 while it is filled, so nobody can
 slip a file in), lets the caller fill it, refuses links and special files, sets the final modes, records
 size, sha256 and (for ``.pt2`` programs) the records that run code, writes meta.json (signed with the
 trust key when there is one) and renames the folder to its key with directory descriptors. An existing
 entry is moved aside first, after waiting for its readers, except a ready one when ``keep_ready`` asks
-to keep it (``write_failure`` never downgrades). The host and pid in the staging name let a sweep tell
-an abandoned folder from one in progress, also on shared storage (``cache_maint``).
+to keep it (``write_failure`` never downgrades).
+
+The host and pid in a staging name let ``sweep`` tell an abandoned folder from one in progress: one of
+this host is abandoned when its writer's pid is gone (or after a day: pids are reused); one of another host
+(shared storage) only when older than ``stale_after_s``. Staging folders count against the size cap
+until swept. Lock files of keys without an entry go by the protocol in ``_cache_locks``.
 """
 
 from __future__ import annotations
@@ -35,12 +40,16 @@ from .errors import CacheError
 if TYPE_CHECKING:
     from .cache import EngineCache
 
-__all__ = ["publish", "seal_files", "seal_meta", "staging_name", "host", "discard", "STAGING_RE", "REPLACE_WAIT_S"]
+__all__ = ["publish", "seal_files", "seal_meta", "staging_name", "host", "discard", "sweep", "STAGING_RE",
+           "REPLACE_WAIT_S"]
 
 logger = logging.getLogger(__name__)
 
 STAGING_RE = re.compile(r"(?P<key>[0-9a-f]{32,64})\.(?P<host>[A-Za-z0-9-]{1,63})\.(?P<pid>\d{1,10})\.[0-9a-f]{8}"
                         r"\.(?P<kind>new|old|rm)")
+_LEGACY_RE = re.compile(r"[0-9a-f]{32,64}\.(\d{1,10}|old|rm)\.[0-9a-f]{8}")
+_TRASH_GRACE_S = 600.0
+_LOCAL_STALE_S = 24 * 3600.0
 REPLACE_WAIT_S = 30.0
 """A writer replacing an entry waits this long for readers that are loading it."""
 
@@ -194,3 +203,91 @@ def _ready(parent_fd: int, name: str, key: str, cache: EngineCache) -> CacheEntr
     finally:
         os.close(fd)
     return CacheEntry(key, cache.path_for(key), meta) if meta and meta.get("status") == READY else None
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+def sweep(cache: EngineCache, root_fd: int, *, locks_too: bool = True) -> None:
+    """Delete abandoned staging folders and (``locks_too``) lock files of keys without an entry."""
+    _sweep_staging(cache, root_fd)
+    if locks_too:
+        _sweep_locks(root_fd)
+
+
+def _unlinked_if_link(root_fd: int, name: str) -> bool:
+    try:
+        st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    os.unlink(name, dir_fd=root_fd)  # a link (or file) where our folder belongs: remove it, never follow
+    return True
+
+
+def _sweep_staging(cache: EngineCache, root_fd: int) -> None:
+    if _unlinked_if_link(root_fd, ".staging"):
+        return
+    staging_fd = fs.open_dir(".staging", root_fd)
+    try:
+        now = time.time()
+        for name in os.listdir(staging_fd):
+            try:
+                st = os.stat(name, dir_fd=staging_fd, follow_symlinks=False)
+                if _abandoned(name, st, now, cache.stale_after_s):
+                    logger.debug("sweeping abandoned staging folder %s", name)
+                    fs.remove_tree(name, staging_fd)
+            except OSError as err:
+                logger.debug("cannot sweep %s: %s", name, err)
+    finally:
+        os.close(staging_fd)
+
+
+def _abandoned(name: str, st: os.stat_result, now: float, stale_after_s: float) -> bool:
+    age = now - st.st_mtime
+    m = STAGING_RE.fullmatch(name)
+    if m is None:
+        return bool(_LEGACY_RE.fullmatch(name)) and age > stale_after_s  # not ours: never
+    if m["host"] != host():
+        return age > stale_after_s  # another host's pid means nothing here: judge by age only
+    alive = _pid_alive(int(m["pid"]))
+    if m["kind"] != "new":  # trash: its creator deletes it right away
+        return not alive or age > _TRASH_GRACE_S
+    return not alive or age > _LOCAL_STALE_S
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def _sweep_locks(root_fd: int) -> None:
+    if _unlinked_if_link(root_fd, ".locks"):
+        return
+    locks_fd = fs.open_dir(".locks", root_fd)
+    try:
+        for name in os.listdir(locks_fd):
+            key, _, kind = name.rpartition(".")
+            if kind not in ("lock", "read") or not fs.is_key(key):
+                continue
+            if _exists(root_fd, key):
+                continue
+            locks.remove_lock_file(locks_fd, name)
+    finally:
+        os.close(locks_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False

@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import os
-import re
 import stat
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import _cache_fs as fs
 from . import _cache_locks as locks
 from ._cache_check import FAILED, META_LIMIT, CacheEntry, check_programs
-from ._cache_store import STAGING_RE, discard, host, staging_name
+from ._cache_store import discard, staging_name, sweep
 from .errors import CacheError, ReadOnlyCacheError, UntrustedEntryError
 
 if TYPE_CHECKING:
@@ -41,9 +40,6 @@ __all__ = ["Finding", "remove_entry", "clear", "evict", "prune", "verify"]
 
 logger = logging.getLogger(__name__)
 
-_LEGACY_RE = re.compile(r"[0-9a-f]{32,64}\.(\d{1,10}|old|rm)\.[0-9a-f]{8}")
-_TRASH_GRACE_S = 600.0
-_LOCAL_STALE_S = 24 * 3600.0
 _CAP: Any = object()
 
 
@@ -332,91 +328,3 @@ def verify(cache: EngineCache, keys: list[str] | None) -> list[Finding]:
         finally:
             locks.release(held)
     return findings
-
-
-# ------------------------------------------------------------------------------------------------ sweeps
-def sweep(cache: EngineCache, root_fd: int, *, locks_too: bool = True) -> None:
-    """Delete abandoned staging folders and (``locks_too``) lock files of keys without an entry."""
-    _sweep_staging(cache, root_fd)
-    if locks_too:
-        _sweep_locks(root_fd)
-
-
-def _unlinked_if_link(root_fd: int, name: str) -> bool:
-    try:
-        st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return True
-    if stat.S_ISDIR(st.st_mode):
-        return False
-    os.unlink(name, dir_fd=root_fd)  # a link (or file) where our folder belongs: remove it, never follow
-    return True
-
-
-def _sweep_staging(cache: EngineCache, root_fd: int) -> None:
-    if _unlinked_if_link(root_fd, ".staging"):
-        return
-    staging_fd = fs.open_dir(".staging", root_fd)
-    try:
-        now = time.time()
-        for name in os.listdir(staging_fd):
-            try:
-                st = os.stat(name, dir_fd=staging_fd, follow_symlinks=False)
-                if _abandoned(name, st, now, cache.stale_after_s):
-                    logger.debug("sweeping abandoned staging folder %s", name)
-                    fs.remove_tree(name, staging_fd)
-            except OSError as err:
-                logger.debug("cannot sweep %s: %s", name, err)
-    finally:
-        os.close(staging_fd)
-
-
-def _abandoned(name: str, st: os.stat_result, now: float, stale_after_s: float) -> bool:
-    age = now - st.st_mtime
-    m = STAGING_RE.fullmatch(name)
-    if m is None:
-        return bool(_LEGACY_RE.fullmatch(name)) and age > stale_after_s  # not ours: never
-    if m["host"] != host():
-        return age > stale_after_s  # another host's pid means nothing here: judge by age only
-    alive = _pid_alive(int(m["pid"]))
-    if m["kind"] != "new":  # trash: its creator deletes it right away
-        return not alive or age > _TRASH_GRACE_S
-    return not alive or age > _LOCAL_STALE_S
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OverflowError:
-        return False
-    return True
-
-
-def _sweep_locks(root_fd: int) -> None:
-    if _unlinked_if_link(root_fd, ".locks"):
-        return
-    locks_fd = fs.open_dir(".locks", root_fd)
-    try:
-        for name in os.listdir(locks_fd):
-            key, _, kind = name.rpartition(".")
-            if kind not in ("lock", "read") or not fs.is_key(key):
-                continue
-            if _exists(root_fd, key):
-                continue
-            locks.remove_lock_file(locks_fd, name)
-    finally:
-        os.close(locks_fd)
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        return True
-    except FileNotFoundError:
-        return False
