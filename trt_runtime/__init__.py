@@ -36,6 +36,8 @@ _EXPORTS = {
     "ValidationError": "trt_runtime.errors",
     "CacheError": "trt_runtime.errors",
     "UnkeyableInputError": "trt_runtime.errors",
+    "UntrustedEntryError": "trt_runtime.errors",
+    "ReadOnlyCacheError": "trt_runtime.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -63,8 +65,10 @@ if TYPE_CHECKING:  # pragma: no cover
         ConfigurationError,
         EngineBuildError,
         EngineRunError,
+        ReadOnlyCacheError,
         TrtRuntimeError,
         UnkeyableInputError,
+        UntrustedEntryError,
         ValidationError,
     )
     from .modules.base import TensorRTModule

@@ -123,7 +123,7 @@ class Component:
             for slot in self.slots.values():
                 if slot.state is State.READY and slot.weights_version is not None:
                     slot.move(State.STALE)
-            self._fingerprints.clear()
+            self._forget_weights()
 
     def invalidate(self) -> None:
         """Say that the weights changed in place (e.g. a fused LoRA). Ready signatures become stale: the
@@ -136,8 +136,16 @@ class Component:
                     slot.move(State.STALE)
                 elif slot.state is not State.COMPILING:  # failures were for the old weights
                     del self.slots[sig]
-            self._fingerprints.clear()
+            self._forget_weights()
             self.graphs.clear()
+
+    def _forget_weights(self) -> None:
+        """Drop remembered digests: writes through ``.data`` (how peft merges a LoRA) bump no version
+        counter, so the per-tensor digest memo must be told."""
+        from . import digest
+
+        self._fingerprints.clear()
+        digest.forget(self.module)
 
     def fingerprint(self, with_weights: bool = True) -> dict[str, Any]:
         """The module's fingerprint for its current dtype (computed once per dtype, then remembered).

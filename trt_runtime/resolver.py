@@ -149,7 +149,7 @@ class Resolver:
         loaded = job.load()
         if loaded is not None:
             return loaded
-        if runtime.persisting(backend, settings):
+        if runtime.persisting(backend, settings) and runtime.cache_for(settings).writable:
             try:
                 with runtime.cache_for(settings).lock(key, settings.lock_timeout_s):
                     loaded = job.load(quiet=True)  # another process may have built it while we waited
@@ -262,19 +262,23 @@ class _Job:
         started = time.perf_counter()
         refits = 0
         try:
-            with _phase(self.phases, "load"):
-                fn = self.backend.load(self.request, entry.path)
-            if "weights" in self.meta and entry.meta.get("weights") != self.meta["weights"]:
-                with _phase(self.phases, "refit"):  # the entry holds other weights than the module's
-                    fn = self.backend.refit(fn, self.request)
-                refits = 1
-            with _phase(self.phases, "load"):
-                output = self._call(fn)
+            # the reader lock keeps eviction away, and a program with undeclared pickles is refused
+            with self.cache.loading(entry) as folder:
+                with _phase(self.phases, "load"):
+                    fn = self.backend.load(self.request, folder)
+                if "weights" in self.meta and entry.meta.get("weights") != self.meta["weights"]:
+                    with _phase(self.phases, "refit"):  # the entry holds other weights than the module's
+                        fn = self.backend.refit(fn, self.request)
+                    refits = 1
+                with _phase(self.phases, "load"):
+                    output = self._call(fn)
+        except CacheError:
+            return None  # refused or gone: the cache has said why (once)
         except Exception as err:  # noqa: BLE001 - an artifact that does not load is a miss
             logger.warning("[%s] cached artifact %s could not be loaded (%s: %s); building it again",
                            comp.name, entry.path, type(err).__name__, err)
             return None
-        if self.revalidate and not self._validate(output):
+        if (self.revalidate or getattr(fn, "validate_on_load", False)) and not self._validate(output):
             return Resolution(State.FAILED, self.key, error=self.row.error, output=NOTHING)
         seconds = time.perf_counter() - started
         self.cache.touch(entry)
@@ -300,7 +304,7 @@ class _Job:
         logger.info("[%s] compiled in %.1f s", comp.name, seconds)
         if (settings.validate or self.revalidate) and not self._validate(output):
             return self.failed(None, ValidationError)
-        if self.persisting:
+        if self.persisting and self.cache.writable:
             meta = {**self.meta, "compile_seconds": round(seconds, 3), **self.backend.artifact_meta(fn)}
             try:
                 with _phase(self.phases, "save"):
@@ -343,7 +347,7 @@ class _Job:
                            "pass (%s); running eagerly and retrying later", comp.name, short_shapes(self.shapes),
                            error)
             return Resolution(State.FAILED, self.key, error=error, output=output, transient=True)
-        if self.persisting:
+        if self.persisting and self.cache.writable:
             try:
                 self.cache.write_failure(self.key, self.meta, error)
             except CacheError as cache_err:

@@ -28,7 +28,7 @@ from .component import Component
 from .errors import CacheError, EngineRunError, UnkeyableInputError
 from .graphs import unsafe_reason
 from .resolver import NOTHING, Resolution, Resolver
-from .settings import RuntimeSettings, resolve_cache_dir
+from .settings import RuntimeSettings
 from .state import Slot, State
 from .stats import RuntimeStats
 
@@ -72,12 +72,12 @@ class TensorRTRuntime:
     def cache_for(self, settings: RuntimeSettings) -> EngineCache:
         """The engine cache a component with ``settings`` uses (its own ``cache_dir`` and cache policy,
         when it was wrapped with them; the runtime's otherwise). One object per distinct cache."""
-        tag = (settings.cache_dir, settings.max_cache_bytes, settings.verify_checksum)
+        tag = (settings.cache_dir, settings.max_cache_bytes, settings.verify_checksum, settings.cache_sharing,
+               settings.cache_read_only, settings.trust_key_file)
         with self._lock:
             cache = self._caches.get(tag)
             if cache is None:
-                cache = self._caches[tag] = EngineCache(resolve_cache_dir(settings.cache_dir),
-                                                        settings.max_cache_bytes, settings.verify_checksum)
+                cache = self._caches[tag] = EngineCache.from_settings(settings)
             return cache
 
     def component(self, name: str, module: torch.nn.Module, **kwargs: Any) -> Component:

@@ -95,6 +95,10 @@ class RuntimeSettings:
     # --- inductor (torch.compile) ----------------------------------------------------------------------
     inductor_mode: str | None = None
     fullgraph: bool = True
+    inductor_precompile: bool = True
+    """Store inductor artifacts compiled ahead of time (``torch.compile(...).aot_compile``), so that a new
+    process loads them without dynamo re-tracing the module; where that cannot be done (dynamic dims,
+    ``inductor_mode``, autocast, channels-last, an older torch) torch's cache artifacts are stored instead."""
     inductor_options: Mapping[str, Any] | None = None
     """Extra ``torch._inductor.config`` options passed as ``torch.compile(options=...)``."""
 
