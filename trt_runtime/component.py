@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtime import TensorRTRuntime
 
 __all__ = ["Component"]
+
+_VERSION = operator.attrgetter("_version")
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ class Component:
         if tensors is None:
             tensors = self._tensors = [*self.module.parameters(), *self.module.buffers()]
         try:
-            return sum(t._version for t in tensors)
+            return sum(map(_VERSION, tensors))
         except RuntimeError:
             return None
 
