@@ -95,10 +95,13 @@ class RuntimeSettings:
     # --- inductor (torch.compile) ----------------------------------------------------------------------
     inductor_mode: str | None = None
     fullgraph: bool = True
-    inductor_precompile: bool = True
+    inductor_precompile: bool = False
     """Store inductor artifacts compiled ahead of time (``torch.compile(...).aot_compile``), so that a new
     process loads them without dynamo re-tracing the module; where that cannot be done (dynamic dims,
-    ``inductor_mode``, autocast, channels-last, an older torch) torch's cache artifacts are stored instead."""
+    ``inductor_mode``, autocast, channels-last, an older torch) torch's cache artifacts are stored instead.
+    Off by default: measured warm start 8.6% of cold on a CPU and a new process loading a small convnet
+    on an H200, but with the full SD1.5 UNet under torch 2.11 on the GPU no CUDA graph could be captured
+    around it and a new process compiled again (2026-11-26, ``benchmarks/results/2026-11-26-h200``)."""
     inductor_options: Mapping[str, Any] | None = None
     """Extra ``torch._inductor.config`` options passed as ``torch.compile(options=...)``."""
 
