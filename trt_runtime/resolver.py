@@ -308,11 +308,24 @@ class _Job:
             meta = {**self.meta, "compile_seconds": round(seconds, 3), **self.backend.artifact_meta(fn)}
             try:
                 with _phase(self.phases, "save"):
-                    entry = self.cache.write(self.key, meta, lambda folder: self.backend.save(fn, self.request, folder))
+                    entry = self.cache.write(self.key, meta, lambda folder: self._save(fn, folder))
                 logger.info("[%s] saved artifact to %s", comp.name, entry.path)
             except CacheError as err:
-                runtime.cache_unwritable(comp, err)
+                if isinstance(err.__cause__, _SaveFailed):  # the backend's serializer, not the disk
+                    comp.warn_once(f"save:{self.key}", "[%s] the %s artifact could not be saved (%s); it serves "
+                                   "this process only, the next one builds it again", comp.name, self.backend.name,
+                                   err.__cause__)
+                else:
+                    runtime.cache_unwritable(comp, err)
         return self.ready(fn, output, None, compiles=1, compile_seconds=seconds, calls=1)
+
+    def _save(self, fn: Callable[..., Any], folder) -> None:
+        try:
+            self.backend.save(fn, self.request, folder)
+        except OSError:
+            raise  # the disk: the cache reports it
+        except Exception as err:  # noqa: BLE001 - a serializer that cannot handle this artifact
+            raise _SaveFailed(f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}") from err
 
     def _validate(self, output: Any) -> bool:
         comp = self.comp
@@ -355,6 +368,10 @@ class _Job:
         comp.warn_once(f"build:{self.key}", "[%s] build for input shapes %s failed, running eagerly from now on: "
                        "%s", comp.name, short_shapes(self.shapes), error)
         return Resolution(State.FAILED, self.key, error=error, output=output)
+
+
+class _SaveFailed(RuntimeError):
+    """A backend could not serialize an artifact it built (told apart from a full or read-only disk)."""
 
 
 def _active_dims(sig: tuple, spec) -> dict:
