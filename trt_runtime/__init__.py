@@ -28,6 +28,7 @@ _EXPORTS = {
     "register_backend": "trt_runtime.backends",
     "wrap_pipeline": "trt_runtime.pipeline",
     "unwrap_pipeline": "trt_runtime.pipeline",
+    "warm_up": "trt_runtime.serving",
     "TrtRuntimeError": "trt_runtime.errors",
     "ConfigurationError": "trt_runtime.errors",
     "BackendUnavailableError": "trt_runtime.errors",
@@ -74,5 +75,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .modules.base import TensorRTModule
     from .pipeline import unwrap_pipeline, wrap_pipeline
     from .runtime import TensorRTRuntime, get_default_runtime
+    from .serving import warm_up
     from .settings import RuntimeSettings, resolve_cache_dir
     from .shapes import Dim
