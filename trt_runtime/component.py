@@ -48,9 +48,13 @@ class Component:
         shapes: dict[str, dict[int, DimLike]] | None = None,
         settings: RuntimeSettings | None = None,
         traits: frozenset[str] = frozenset(),
+        family: tuple[str, dict[str, Any]] | None = None,
     ) -> None:
         self.runtime = runtime
         self.traits = frozenset(traits)
+        self.family = family
+        """``("module:apply_function", options)`` that wrapped the module, so a build process can wrap a
+        rebuilt copy the same way (None for the generic ``TensorRTModule``)."""
         self.name = name
         self.module = module
         self.eager = eager if eager is not None else module

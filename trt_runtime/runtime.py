@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import builds, keys
+from . import build_process, builds, keys
 from .backends import Backend, check_backend_name, select_backend
 from .cache import EngineCache
 from .calls import short_shapes, tensor_shapes
@@ -220,18 +220,22 @@ class TensorRTRuntime:
             ready_event = torch.cuda.Event()
             ready_event.record()
         build_queue = builds.queue_for(comp.device, comp.settings.max_pending_builds)
+        modes = builds.grad_modes()  # per thread: the worker builds under the caller's grad/inference mode
 
         def job() -> None:
             if build_queue.cancelled():
                 return
             if ready_event is not None:
                 torch.cuda.current_stream().wait_event(ready_event)
-            try:
-                result = self.resolver.resolve(comp, sig, *example, previous=slot, run_call=False)
-            except Exception as err:  # noqa: BLE001 - strict/configuration errors have no caller here
-                comp.warn_once(f"background:{type(err).__name__}", "[%s] background build failed: %s; running "
-                               "eagerly", comp.name, err)
-                result = Resolution(State.FAILED, slot.key, error=str(err))
+            with builds.entered(modes):
+                if comp.settings.build_process and build_process.can_build_in_process(comp):
+                    build_process.build_in_child(comp, *example)  # writes the entry; the resolver then loads it
+                try:
+                    result = self.resolver.resolve(comp, sig, *example, previous=slot, run_call=False)
+                except Exception as err:  # noqa: BLE001 - strict/configuration errors have no caller here
+                    comp.warn_once(f"background:{type(err).__name__}", "[%s] background build failed: %s; running "
+                                   "eagerly", comp.name, err)
+                    result = Resolution(State.FAILED, slot.key, error=str(err))
             if not build_queue.cancelled():
                 self._apply(comp, slot, result, generation)
 

@@ -89,6 +89,9 @@ class RuntimeSettings:
     background: bool = False
     """Build on a miss in a background worker (one per device) while calls run eagerly; the artifact is
     swapped in between calls once ready. Time to first image is then eager's. For servers."""
+    build_process: bool = True
+    """Run background builds in a separate process (where the module can be rebuilt there: diffusers and
+    transformers models of trt_runtime's wrappers), so the serving process keeps eager speed meanwhile."""
     max_pending_builds: int = 8
     """Background builds queued per device beyond the one running; past it a miss retries later."""
 
