@@ -165,3 +165,25 @@ def test_a_diffusers_model_builds_in_a_separate_process_and_is_loaded(cache_dir,
     torch.testing.assert_close(unet(x, 10, ctx).sample, expected)
     totals = rt.stats.totals()
     assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
+
+
+def test_a_vae_decoder_builds_in_a_separate_process_from_its_vae(cache_dir, monkeypatch):
+    import os
+
+    from tests.support import tiny_models as tm
+    from trt_runtime.build_process import IMPORTS_ENV, can_build_in_process
+    from trt_runtime.modules.vae import apply_vae
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv(IMPORTS_ENV, "tests.support.register_doubles")
+    monkeypatch.setenv("PYTHONPATH", root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    doubles.SlowExport.delay = 0.0
+    vae = tm.vae_kl().eval()
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    wrapped = apply_vae(vae, runtime=rt, encoder=False)
+    assert can_build_in_process(wrapped.components["vae.decoder"])
+    z = torch.randn(1, 4, 8, 8)
+    expected = vae.decode(z).sample
+    _wait_for(lambda: rt.stats.totals()["loads"] == 1, timeout=300)
+    torch.testing.assert_close(vae.decode(z).sample, expected)
+    assert rt.stats.totals()["compiles"] == 0 and doubles.SlowExport.builds == 0

@@ -34,14 +34,11 @@ def test_two_replicas_share_one_cache(local_ray):
     from examples.ray_serve_app import Generator
     from trt_runtime.demo import build_demo_pipeline
 
-    handle = serve.run(Generator.options(num_replicas=2).bind(size=32, steps=2, backend="inductor"), name="gen",
-                       route_prefix=None)
-    stats = {}
-    images = []
-    for seed in range(8):  # requests go to both replicas
-        images.append(handle.generate.remote("a lighthouse", seed).result())
-        info = handle.stats.remote().result()
-        stats[info["pid"]] = info
+    # one request at a time per replica, so that concurrent requests reach both
+    deployment = Generator.options(num_replicas=2, max_ongoing_requests=1)
+    handle = serve.run(deployment.bind(size=32, steps=2, backend="inductor"), name="gen", route_prefix=None)
+    images = [r.result() for r in [handle.generate.remote("a lighthouse", 0) for _ in range(6)]]
+    stats = {info["pid"]: info for info in (r.result() for r in [handle.stats.remote() for _ in range(12)])}
     assert len(stats) == 2, "both replicas answered"
     keys = max(s["totals"]["keys"] for s in stats.values())
     assert sum(s["totals"]["compiles"] for s in stats.values()) == keys, stats  # each key built once in the fleet

@@ -75,10 +75,14 @@ def _recipe(module: torch.nn.Module) -> dict[str, Any] | None:
     return None
 
 
+def _owner(comp: Any) -> torch.nn.Module:
+    return comp.family[2] if comp.family[2] is not None else comp.module
+
+
 def can_build_in_process(comp: Any) -> bool:
     """Whether ``comp`` can be rebuilt in a child process (see the module docstring)."""
     return (comp.spec is None and type(comp.eager).__name__ in _FAMILIES and comp.family is not None
-            and _recipe(comp.module) is not None)
+            and _recipe(_owner(comp)) is not None)
 
 
 def build_in_child(comp: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
@@ -86,10 +90,10 @@ def build_in_child(comp: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
     Returns True when the child finished (the parent then loads the entry), False when it failed."""
     folder = Path(tempfile.mkdtemp(prefix="trt_runtime_build_"))
     try:
-        module = comp.module
+        module = _owner(comp)
         dtype = next((p.dtype for p in module.parameters()), torch.float32)
         spec = {
-            "recipe": _recipe(module), "family": comp.family, "name": comp.name,
+            "recipe": _recipe(module), "family": comp.family[:2], "name": comp.name,
             "settings": {f.name: getattr(comp.settings, f.name) for f in dataclasses.fields(comp.settings)
                          if f.name not in ("background",)},
             "dtype": str(dtype).removeprefix("torch."), "device": str(comp.device or "cpu"),

@@ -48,13 +48,14 @@ class Component:
         shapes: dict[str, dict[int, DimLike]] | None = None,
         settings: RuntimeSettings | None = None,
         traits: frozenset[str] = frozenset(),
-        family: tuple[str, dict[str, Any]] | None = None,
+        family: tuple[str, dict[str, Any], torch.nn.Module | None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.traits = frozenset(traits)
         self.family = family
-        """``("module:apply_function", options)`` that wrapped the module, so a build process can wrap a
-        rebuilt copy the same way (None for the generic ``TensorRTModule``)."""
+        """``("module:apply_function", options, owner)`` that wrapped the module (``owner``: the model it
+        belongs to, e.g. the VAE of a decoder; None: the module itself), so a build process can rebuild the
+        owner and wrap it the same way (None for the generic ``TensorRTModule``)."""
         self.name = name
         self.module = module
         self.eager = eager if eager is not None else module
