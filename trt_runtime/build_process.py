@@ -81,7 +81,9 @@ def _owner(comp: Any) -> torch.nn.Module:
 
 def can_build_in_process(comp: Any) -> bool:
     """Whether ``comp`` can be rebuilt in a child process (see the module docstring)."""
-    return (comp.spec is None and type(comp.eager).__name__ in _FAMILIES and comp.family is not None
+    settings = comp.settings
+    return (settings.persist and not settings.cache_read_only  # the child hands over through the cache
+            and comp.spec is None and type(comp.eager).__name__ in _FAMILIES and comp.family is not None
             and _recipe(_owner(comp)) is not None)
 
 
