@@ -140,3 +140,50 @@ def test_concurrent_calls_during_a_background_build_all_run_eagerly(cache_dir):
     assert not errors
     _wait_for(lambda: rt.stats.totals()["compiles"] == 1)
     assert doubles.SlowExport.builds == 1
+
+
+@pytest.fixture
+def child_builds(monkeypatch):
+    """Build processes see the repository and register the test backends (``TRT_RUNTIME_BUILD_IMPORTS``)."""
+    import os
+
+    from trt_runtime.build_process import IMPORTS_ENV
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.setenv(IMPORTS_ENV, "tests.support.register_doubles")
+    monkeypatch.setenv("PYTHONPATH", root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    doubles.SlowExport.delay = 0.0
+
+
+def test_a_diffusers_model_builds_in_a_separate_process_and_is_loaded(cache_dir, child_builds):
+    """background + build_process: the child rebuilds the UNet from its config and weights, builds the same key
+    into the shared cache, and the serving process only loads it."""
+    from tests.support import tiny_models as tm
+    from trt_runtime.modules.unet import apply_unet
+
+    unet = tm.sd_unet().eval()
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    apply_unet(unet, runtime=rt)
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 8, 32, generator=g)
+    expected = unet(x, 10, ctx).sample
+    _wait_for(lambda: rt.stats.totals()["loads"] == 1, timeout=300)
+    torch.testing.assert_close(unet(x, 10, ctx).sample, expected)
+    totals = rt.stats.totals()
+    assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
+
+
+def test_a_vae_decoder_builds_in_a_separate_process_from_its_vae(cache_dir, child_builds):
+    from tests.support import tiny_models as tm
+    from trt_runtime.build_process import can_build_in_process
+    from trt_runtime.modules.vae import apply_vae
+
+    vae = tm.vae_kl().eval()
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    wrapped = apply_vae(vae, runtime=rt, encoder=False)
+    assert can_build_in_process(wrapped.components["vae.decoder"])
+    z = torch.randn(1, 4, 8, 8)
+    expected = vae.decode(z).sample
+    _wait_for(lambda: rt.stats.totals()["loads"] == 1, timeout=300)
+    torch.testing.assert_close(vae.decode(z).sample, expected)
+    assert rt.stats.totals()["compiles"] == 0 and doubles.SlowExport.builds == 0

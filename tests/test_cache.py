@@ -148,3 +148,133 @@ def test_meta_json_is_readable(tmp_path):
     cache.write(KEY, {"component": "unet", "shapes": [[2, 4, 64, 64]]}, fill_with(b"x"))
     meta = json.loads((tmp_path / KEY / "meta.json").read_text())
     assert meta["status"] == "ready" and meta["shapes"] == [[2, 4, 64, 64]] and "written" in meta
+
+
+# ------------------------------------------------------------------------------------------------ trust era
+from trt_runtime.cache import MARKER  # noqa: E402
+from trt_runtime.errors import ReadOnlyCacheError  # noqa: E402
+
+from .faults.helpers import isolate_trust  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_trust(monkeypatch, tmp_path):
+    yield from isolate_trust(monkeypatch, tmp_path)
+
+
+@pytest.mark.parametrize("sharing, dir_mode, file_mode", [("private", 0o700, 0o600), ("group", 0o2770, 0o640)])
+def test_folders_and_files_get_their_mode_whatever_the_umask(tmp_path, sharing, dir_mode, file_mode):
+    old = os.umask(0)
+    try:
+        cache = EngineCache(tmp_path / "cache", sharing=sharing)
+        cache.write(KEY, {}, fill_with(b"x"))
+        with cache.lock(OTHER, timeout=1):
+            pass
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o7777  # noqa: E731
+    root = tmp_path / "cache"
+    assert mode(root) == dir_mode and mode(root / ".staging") == dir_mode and mode(root / ".locks") == dir_mode
+    assert mode(root / KEY) == dir_mode
+    assert mode(root / KEY / "engine.bin") == file_mode and mode(root / KEY / "meta.json") == file_mode
+    assert mode(root / MARKER) == file_mode
+    assert mode(root / ".locks" / f"{OTHER}.lock") == file_mode
+
+
+def test_write_failure_never_downgrades_a_ready_entry(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {"component": "unet"}, fill_with(b"engine"))
+    kept = cache.write_failure(KEY, {"component": "unet"}, "RuntimeError: one process could not use it")
+    assert kept.status == READY and cache.read(KEY).status == READY
+    cache.write_failure(KEY, {}, "deterministic", replace_ready=True)
+    assert cache.read(KEY).status == FAILED
+
+
+def test_read_only_cache_writes_nothing_and_takes_no_lock(tmp_path, monkeypatch):
+    writer = EngineCache(tmp_path)
+    writer.write(KEY, {}, fill_with(b"x"))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cache = EngineCache(tmp_path, read_only=True, max_bytes=1)
+    assert not cache.writable and cache.read(KEY) is not None
+    with cache.lock(OTHER, timeout=0):
+        pass
+    with cache.loading(cache.read(KEY)) as folder:
+        assert (folder / "engine.bin").read_bytes() == b"x"
+    with pytest.raises(ReadOnlyCacheError):
+        cache.write(OTHER, {}, fill_with(b"y"))
+    with pytest.raises(ReadOnlyCacheError):
+        cache.write_failure(OTHER, {}, "boom")
+    assert cache.evict() == [] and cache.read(OTHER) is None
+    cache.touch(cache.read(KEY))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_read_only_mount_is_detected(tmp_path, monkeypatch):
+    from trt_runtime import _cache_fs
+
+    monkeypatch.setattr(_cache_fs, "read_only_fs", lambda path: True)
+    cache = EngineCache(tmp_path / "cache")
+    assert cache.read_only and not cache.writable
+    with pytest.raises(ReadOnlyCacheError):
+        cache.write(KEY, {}, fill_with(b"x"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_remove_deletes_the_entry_and_its_lock_files(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {}, fill_with(b"x"))
+    with cache.lock(KEY, timeout=1):
+        pass
+    with cache.loading(cache.read(KEY)):
+        pass
+    assert sorted(os.listdir(tmp_path / ".locks")) == [f"{KEY}.lock", f"{KEY}.read"]
+    assert cache.remove(KEY) and not cache.remove(KEY)
+    assert os.listdir(tmp_path / ".locks") == [] and os.listdir(tmp_path / ".staging") == []
+
+
+def test_clear_removes_orphan_lock_files_but_not_held_ones(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {}, fill_with(b"x"))
+    for key in (OTHER, "ef" * 20):
+        with cache.lock(key, timeout=1):
+            pass
+    with cache.lock("12" * 20, timeout=1):
+        cache.clear()
+        assert os.listdir(tmp_path / ".locks") == ["12" * 20 + ".lock"]
+
+
+def test_entries_skip_folders_the_cache_did_not_write(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {}, fill_with(b"x"))
+    (tmp_path / "not-a-key").mkdir()
+    (tmp_path / OTHER).mkdir()  # a key-named folder without meta.json
+    assert [e.key for e in cache.entries()] == [KEY]
+
+
+def test_total_bytes_counts_unfinished_staging(tmp_path):
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {}, fill_with(b"x" * 100))
+    dead = tmp_path / ".staging" / f"{OTHER}.otherhost.1.00000000.new"
+    dead.mkdir()
+    (dead / "engine.bin").write_bytes(b"y" * 1000)
+    assert cache.total_bytes() == 1100
+
+
+def test_an_entry_we_cannot_delete_is_still_replaced(tmp_path, monkeypatch):
+    """A non-root user cannot delete files inside another user's planted entry: it is moved aside and
+    left in .staging, and our entry is published all the same."""
+    from trt_runtime import _cache_fs
+
+    cache = EngineCache(tmp_path)
+    cache.write(KEY, {"generation": 1}, fill_with(b"planted"))
+    real = _cache_fs.remove_tree
+
+    def refuse_trash(name, dir_fd):
+        if name.endswith((".old", ".rm")):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(name, dir_fd)
+
+    monkeypatch.setattr(_cache_fs, "remove_tree", refuse_trash)
+    cache.write(KEY, {"generation": 2}, fill_with(b"ours"))
+    assert cache.read(KEY).meta["generation"] == 2
+    assert cache.remove(KEY) and cache.read(KEY) is None

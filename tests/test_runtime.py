@@ -348,3 +348,23 @@ def test_foreground_build_does_not_block_other_signatures(cache_dir):
     assert time.perf_counter() - started < 1.0
     builder.join()
     assert doubles.SlowExport.builds == 2
+
+
+def test_an_artifact_the_backend_cannot_save_serves_this_process_and_says_so(export_backend, cache_dir, caplog):
+    class Unsaveable(doubles.ExportBackend):
+        name = "unsaveable"
+
+        def save(self, compiled, request, directory):
+            raise RuntimeError("SerializeError: Failed serializing node _scaled_dot_product_flash_attention")
+
+    register_backend("unsaveable", Unsaveable)
+    try:
+        rt, module, w = wrapped("unsaveable", cache_dir)
+        x = torch.randn(2, 8)
+        with caplog.at_level(logging.WARNING, logger="trt_runtime"):
+            torch.testing.assert_close(w(x), module(x))
+            torch.testing.assert_close(w(x), module(x))
+        assert rt.stats.totals()["compiles"] == 1 and rt.cache.entries() == []
+        assert "could not be saved" in caplog.text and "cache unavailable" not in caplog.text
+    finally:
+        unregister_backend("unsaveable")

@@ -35,6 +35,7 @@ _EXPORTS = {
     "set_verbosity_error": "trt_runtime.logging_utils",
     "enable_default_handler": "trt_runtime.logging_utils",
     "disable_default_handler": "trt_runtime.logging_utils",
+    "warm_up": "trt_runtime.serving",
     "TrtRuntimeError": "trt_runtime.errors",
     "ConfigurationError": "trt_runtime.errors",
     "BackendUnavailableError": "trt_runtime.errors",
@@ -43,6 +44,8 @@ _EXPORTS = {
     "ValidationError": "trt_runtime.errors",
     "CacheError": "trt_runtime.errors",
     "UnkeyableInputError": "trt_runtime.errors",
+    "UntrustedEntryError": "trt_runtime.errors",
+    "ReadOnlyCacheError": "trt_runtime.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -70,8 +73,10 @@ if TYPE_CHECKING:  # pragma: no cover
         ConfigurationError,
         EngineBuildError,
         EngineRunError,
+        ReadOnlyCacheError,
         TrtRuntimeError,
         UnkeyableInputError,
+        UntrustedEntryError,
         ValidationError,
     )
     from .logging_utils import (
@@ -87,5 +92,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .modules.base import TensorRTModule
     from .pipeline import unwrap_pipeline, wrap_pipeline, wrapped_components
     from .runtime import TensorRTRuntime, get_default_runtime
+    from .serving import warm_up
     from .settings import RuntimeSettings, resolve_cache_dir
     from .shapes import Dim

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BuildQueue", "queue_for", "shutdown_all"]
+__all__ = ["BuildQueue", "queue_for", "shutdown_all", "clone_call", "grad_modes", "entered"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,24 @@ def shutdown_all(wait_s: float = 0.0) -> None:
         if dropped or running:
             logger.info("cancelled %d queued background build(s)%s", len(dropped),
                         f"; abandoned the one in progress ({running})" if running else "")
+
+
+def grad_modes() -> tuple[bool, bool]:
+    """The calling thread's ``(grad enabled, inference mode)``: thread-local in torch, so a build on a worker
+    thread must enter them again (``entered``) to trace what the caller runs."""
+    return torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+
+def entered(modes: tuple[bool, bool]):
+    """A context with the grad and inference modes ``grad_modes()`` returned."""
+    import contextlib
+
+    grad, inference = modes
+    stack = contextlib.ExitStack()
+    if inference:
+        stack.enter_context(torch.inference_mode())
+    stack.enter_context(torch.set_grad_enabled(grad))
+    return stack
 
 
 def clone_call(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:

@@ -1,327 +1,415 @@
-"""The on-disk engine store: one folder per key, written atomically, locked per key, capped in size.
+"""The on-disk engine store: one folder per key, written atomically, locked per key, capped in size,
+and loaded only when it can be trusted.
 
 Layout under the cache root::
 
-    <key>/meta.json         readable description: status (ready | failed), component, signature, ...
-    <key>/<artifact files>  whatever the backend wrote; sizes and sha256 recorded in meta.json
-    .locks/<key>.lock       held while a process compiles that key
-    .staging/               where entries are assembled before one rename publishes them
+    .trt_runtime_cache      marker written when the cache creates the folder; deleting commands
+                            (clear, evict, prune, staging sweeps) refuse a folder without it
+    <key>/meta.json         status (ready | failed), key, component, signature, files with sizes and
+                            sha256, and ``hmac`` when written with a trust key
+    <key>/<artifact files>  whatever the backend wrote
+    .locks/<key>.lock       held while a process builds that key
+    .locks/<key>.read       shared while a process loads the entry, exclusive while one removes it
+    .staging/<key>.<host>.<pid>.<rand>.<new|old|rm>
+                            entries being assembled (one rename publishes them) or being deleted
 
-A reader sees either no folder or a complete one: the folder is assembled in ``.staging`` and renamed
-into place. An entry whose files are missing, short or fail their checksum reads as a miss, never as an
-error. Every write failure (read-only folder, full disk) raises ``CacheError`` after cleaning up, so the
-caller can go on with the artifact in memory.
+A reader sees either no folder or a complete one. ``read`` returns an entry only when it is well formed
+(schema, ``meta["key"]`` equal to its folder), trusted (see ``trust``: written by you into private
+folders, or signed) and intact (sizes, sha256); anything else is a miss with one warning, never an
+exception. ``loading`` then hands the verified files to a backend. Folders are created 0700 and files
+0600 whatever the umask (``sharing="group"``: 2770 and 0640). Deleting never follows a link and only
+touches what the cache wrote (``cache_maint``). Every write failure raises ``CacheError`` after
+cleaning up, so the caller can go on with the artifact in memory.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
+import contextlib
 import logging
 import os
-import shutil
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import CacheError
+from . import _cache_fs as fs
+from . import _cache_locks as locks
+from . import cache_archive, cache_maint, trust
+from ._cache_check import (
+    FAILED,
+    META_FILE,
+    READY,
+    CacheEntry,
+    Problem,
+    check_programs,
+    inspect_entry,
+    listed_entry,
+    private_copy,
+    report_problem,
+    same_folder,
+)
+from ._cache_store import publish, seal_files
+from .errors import CacheError, ConfigurationError, ReadOnlyCacheError
 
-__all__ = ["EngineCache", "CacheEntry", "META_FILE", "READY", "FAILED"]
+__all__ = ["EngineCache", "CacheEntry", "Problem", "META_FILE", "MARKER", "READY", "FAILED"]
 
 logger = logging.getLogger(__name__)
 
-META_FILE = "meta.json"
-READY = "ready"
-FAILED = "failed"
-_STAGING = ".staging"
-_LOCKS = ".locks"
-_STALE_STAGING_S = 24 * 3600
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheEntry:
-    key: str
-    path: Path
-    meta: dict[str, Any]
-
-    @property
-    def status(self) -> str:
-        return self.meta.get("status", "")
-
-    @property
-    def size(self) -> int:
-        return sum(f.get("size", 0) for f in self.meta.get("files", {}).values())
-
-    @property
-    def last_used(self) -> float:
-        try:
-            return (self.path / META_FILE).stat().st_mtime
-        except OSError:
-            return 0.0
+MARKER = ".trt_runtime_cache"
+STAGING = ".staging"
+LOCKS = ".locks"
+_MARKER_TEXT = b'{"trt_runtime_cache": 1}\n'
+_AUTO: Any = object()
+_READER_WAIT_S = 10.0
+"""A reader waits this long for a remover that holds an entry exclusively (removers are quick)."""
 
 
 class EngineCache:
-    """Engine folders under ``root``. Safe for several threads and processes at once."""
+    """Engine folders under ``root``. Safe for several threads and processes, and hosts, at once.
 
-    def __init__(self, root: str | os.PathLike, max_bytes: int | None = None, verify_checksum: bool = True):
+    ``sharing``: ``private`` or ``group`` (see ``RuntimeSettings.cache_sharing``). ``read_only``: never
+    write, lock or evict (also on by itself on a read-only mount). ``trust_key``: a ``trust.TrustKey``,
+    None for none, or by default the configured one (``trust_key_file``, ``$TRT_RUNTIME_TRUST_KEY``, the
+    config dir). ``stale_after_s``: age after which another host's unfinished staging folder is swept.
+    """
+
+    def __init__(self, root: str | os.PathLike, max_bytes: int | None = None, verify_checksum: bool = True, *,
+                 sharing: str = "private", read_only: bool = False, trust_key: Any = _AUTO,
+                 trust_key_file: str | None = None, stale_after_s: float = 3600.0):
+        if sharing not in ("private", "group"):
+            raise ConfigurationError(f"sharing must be 'private' or 'group', not {sharing!r}")
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.verify_checksum = verify_checksum
+        self.sharing = sharing
+        self.stale_after_s = stale_after_s
+        self._read_only = read_only
+        self._fs_read_only: bool | None = None
+        self._trust_key = trust_key
+        self._trust_key_file = trust_key_file
+
+    @classmethod
+    def from_settings(cls, settings) -> EngineCache:
+        """The cache a ``RuntimeSettings`` describes (folder, cap, checksums, sharing, read-only, key)."""
+        from .settings import resolve_cache_dir
+
+        return cls(resolve_cache_dir(settings.cache_dir), settings.max_cache_bytes, settings.verify_checksum,
+                   sharing=settings.cache_sharing, read_only=settings.cache_read_only,
+                   trust_key_file=settings.trust_key_file)
 
     def __repr__(self) -> str:
         return f"EngineCache({str(self.root)!r})"
 
+    # ------------------------------------------------------------------------------------------ properties
+    @property
+    def trust_key(self) -> trust.TrustKey | None:
+        """The key that signs what we write and admits what others signed (loaded on first use; a
+        configured but unusable key raises ``ConfigurationError``)."""
+        if self._trust_key is _AUTO:
+            self._trust_key = trust.load_trust_key(self._trust_key_file)
+        return self._trust_key
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only or self.read_only_mount
+
+    @property
+    def read_only_mount(self) -> bool:
+        """Whether the cache lies on a read-only mount (checked once): then nobody can change an entry
+        after it was checked, and signed entries load in place."""
+        if self._fs_read_only is None:
+            self._fs_read_only = fs.read_only_fs(self.root)
+            if self._fs_read_only:
+                logger.info("engine cache %s is on a read-only file system: reading only", self.root)
+        return self._fs_read_only
+
+    @property
+    def writable(self) -> bool:
+        """False in read-only mode: callers then neither lock, nor write, nor record failures."""
+        return not self.read_only
+
+    @property
+    def dir_mode(self) -> int:
+        return 0o2770 if self.sharing == "group" else 0o700
+
+    @property
+    def file_mode(self) -> int:
+        return 0o640 if self.sharing == "group" else 0o600
+
     # ------------------------------------------------------------------------------------------ reading
     def path_for(self, key: str) -> Path:
-        _check_key(key)
-        return self.root / key
+        return self.root / _check_key(key)
 
     def read(self, key: str) -> CacheEntry | None:
-        """The entry for ``key``, or None when absent or unreadable. Ready entries are verified."""
-        path = self.path_for(key)
-        meta = _read_meta(path)
-        if meta is None:
-            return None
-        entry = CacheEntry(key, path, meta)
-        if entry.status == READY and not self._intact(entry):
-            return None
-        if entry.status not in (READY, FAILED):
-            logger.warning("cache entry %s has unknown status %r; treating it as a miss", path, entry.status)
-            return None
+        """The trusted, intact entry for ``key``, or None (absent, damaged or untrusted: one warning)."""
+        entry, problem = self.check(key)
+        if problem is not None:
+            report_problem(self.path_for(key), key, problem)
         return entry
+
+    def check(self, key: str, *, verify_checksum: bool | None = None) -> tuple[CacheEntry | None, Problem | None]:
+        """``read`` without the warning: (entry, None), (None, None) when absent, or (None, problem)."""
+        _check_key(key)
+        verify = self.verify_checksum if verify_checksum is None else verify_checksum
+        real = self.real_root()  # resolved once: the chain checked is the chain a backend then opens
+        try:
+            root_fd = self.open_root(create=False, real=real)
+        except CacheError as err:
+            return None, Problem("damaged", err.message)
+        if root_fd is None:
+            return None, None
+        try:
+            return inspect_entry(root_fd, Path(real), key, trust_key=self.trust_key,
+                                 root_reason=self._root_reason(root_fd, real), verify_checksum=verify,
+                                 read_only_fs=self.read_only_mount)
+        finally:
+            os.close(root_fd)
+
+    @contextmanager
+    def loading(self, entry: CacheEntry) -> Iterator[Path]:
+        """The folder to hand to ``backend.load`` for ``entry`` (from ``read``), for the block's duration.
+
+        Holds the entry's shared read lock (eviction and removal wait or skip it), checks that the entry
+        is still the folder ``read`` verified, and refuses a ``.pt2`` program with pickled or native
+        records its writer did not declare. An entry trusted by signature on a writable file system is
+        copied, checksum-verified, to a private temporary folder first, so nobody can swap its files
+        between the check and the load. Raises ``CacheError`` (``UntrustedEntryError`` for a refused
+        program): the caller treats it as a miss. The backend must have read everything it needs when
+        the block ends."""
+        held = self.read_lock(entry.key, shared=True, wait=_READER_WAIT_S)
+        try:
+            if entry.in_place:
+                same_folder(entry)
+                check_programs(entry, entry.path)
+                yield entry.path
+            else:
+                root_fd = self.open_root(create=False)
+                if root_fd is None:
+                    raise CacheError("the cache folder disappeared", path=self.root)
+                try:
+                    with private_copy(root_fd, entry) as folder:
+                        check_programs(entry, folder)
+                        yield folder
+                finally:
+                    os.close(root_fd)
+        finally:
+            locks.release(held)
 
     def touch(self, entry: CacheEntry) -> None:
         """Mark ``entry`` as used now (for least-recently-used eviction); a read-only cache is fine."""
-        try:
-            os.utime(entry.path / META_FILE)
-        except OSError:
-            pass
+        if self.writable:
+            with contextlib.suppress(OSError):
+                os.utime(entry.path / META_FILE, follow_symlinks=False)
 
     def entries(self) -> list[CacheEntry]:
-        """Every readable entry, ready or failed, without verifying checksums."""
-        if not self.root.is_dir():
+        """Every entry with a well-formed meta.json naming its folder, newest first. Neither trust nor
+        checksums are checked (``trust`` is ""): this lists, it does not load."""
+        try:
+            root_fd = self.open_root(create=False)
+        except CacheError:
             return []
-        found = []
-        for child in self.root.iterdir():
-            if child.name.startswith(".") or not child.is_dir():
-                continue
-            meta = _read_meta(child)
-            if meta is not None:
-                found.append(CacheEntry(child.name, child, meta))
+        if root_fd is None:
+            return []
+        try:
+            found = [e for name in os.listdir(root_fd)
+                     if fs.is_key(name) and (e := listed_entry(root_fd, self.root, name))]
+        finally:
+            os.close(root_fd)
         return sorted(found, key=lambda e: e.last_used, reverse=True)
 
     def total_bytes(self) -> int:
-        return sum(e.size for e in self.entries())
+        """Bytes of all entries plus unfinished staging folders (they count against the cap)."""
+        return sum(e.size for e in self.entries()) + self.staging_bytes()
 
-    def _intact(self, entry: CacheEntry) -> bool:
-        files = entry.meta.get("files")
-        if not isinstance(files, dict) or not files:
-            logger.warning("cache entry %s lists no artifact files; treating it as a miss", entry.path)
-            return False
-        for name, info in files.items():
-            file = entry.path / name
-            try:
-                size = file.stat().st_size
-            except OSError:
-                logger.warning("cache entry %s is missing %s; it will be rebuilt", entry.path, name)
-                return False
-            if size != info.get("size"):
-                logger.warning(
-                    "cache artifact %s has %d bytes, expected %s (truncated?); it will be rebuilt",
-                    file, size, info.get("size"),
-                )
-                return False
-            if self.verify_checksum and _sha256(file) != info.get("sha256"):
-                logger.warning("cache artifact %s fails its checksum; it will be rebuilt", file)
-                return False
-        return True
+    def staging_bytes(self) -> int:
+        try:
+            root_fd = self.open_root(create=False)
+        except CacheError:
+            return 0
+        if root_fd is None:
+            return 0
+        try:
+            return fs.tree_bytes(STAGING, root_fd)
+        finally:
+            os.close(root_fd)
 
     # ------------------------------------------------------------------------------------------ writing
     @contextmanager
     def lock(self, key: str, timeout: float) -> Iterator[None]:
-        """Hold the per-key lock (across processes) for the duration of the block.
+        """Hold the per-key build lock (across processes) for the duration of the block.
 
-        Raises ``CacheError`` when the lock cannot be created (read-only cache) or is still held by
-        another process after ``timeout`` seconds. The lock is released if the holder dies.
-        """
-        import filelock
-
-        lock_path = self.root / _LOCKS / f"{_check_key(key)}.lock"
+        Read-only caches take no lock (nothing will be written). Raises ``CacheError`` when the lock
+        cannot be created or is still held by another process after ``timeout`` seconds; the lock is
+        released if the holder dies."""
+        _check_key(key)
+        if not self.writable:
+            yield
+            return
+        fd = None
         try:
-            lock_path.parent.mkdir(parents=True, exist_ok=True)
-            lock = filelock.FileLock(str(lock_path), timeout=timeout)
-            try:
-                lock.acquire(timeout=0)
-            except filelock.Timeout:
-                if timeout <= 0:
-                    raise
-                logger.info("another process is building cache entry %s; waiting up to %.0f s for it",
-                            key[:12], timeout)
-                lock.acquire()
-        except filelock.Timeout as err:
-            raise CacheError(
-                f"another process has been building this engine for over {timeout:.0f} s",
-                path=lock_path,
-                hint="raise lock_timeout_s or remove the lock file if no other process runs",
-            ) from err
+            with self._locks_fd() as locks_fd:
+                try:
+                    fd = locks.acquire(locks_fd, f"{key}.lock", shared=False, timeout=0, mode=self.file_mode)
+                except locks.LockTimeout:
+                    if timeout <= 0:
+                        raise
+                    logger.info("another process is building cache entry %s; waiting up to %.0f s for it",
+                                key[:12], timeout)
+                    fd = locks.acquire(locks_fd, f"{key}.lock", shared=False, timeout=timeout, mode=self.file_mode)
+        except locks.LockTimeout as err:
+            raise CacheError(f"another process has been building this engine for over {timeout:.0f} s",
+                             path=self.root / LOCKS / f"{key}.lock",
+                             hint="raise lock_timeout_s; a lock is freed when its holder exits") from err
         except OSError as err:
-            raise CacheError(f"cannot create lock file: {err.strerror or err}", path=lock_path) from err
+            raise CacheError(f"cannot create lock file: {err.strerror or err}", path=self.root / LOCKS) from err
         try:
             yield
         finally:
-            lock.release()
+            locks.release(fd)
 
     def write(self, key: str, meta: dict[str, Any], fill: Callable[[Path], None]) -> CacheEntry:
         """Publish a ready entry: ``fill(folder)`` writes the artifact files, then one rename.
 
-        On any failure nothing is published, the staging folder is removed and ``CacheError`` raised.
-        """
-        def stage(folder: Path) -> None:
+        On any failure nothing is published, the staging folder is removed and ``CacheError`` raised
+        (``ReadOnlyCacheError`` on a read-only cache). Signed when a trust key is configured."""
+        def stage(folder: Path, folder_fd: int) -> dict[str, Any]:
             fill(folder)
-            files = {}
-            for file in sorted(folder.rglob("*")):
-                if file.is_file():
-                    rel = file.relative_to(folder).as_posix()
-                    files[rel] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+            files = seal_files(self, folder_fd, folder)
             if not files:
                 raise CacheError("the backend wrote no artifact files", path=folder)
-            _write_meta(folder, {**meta, "status": READY, "files": files})
+            return {**meta, "status": READY, "files": files}
 
-        entry = self._publish(key, stage)
-        self.evict(keep=key)
+        entry = publish(self, key, stage)
+        try:
+            self.evict(keep=key)
+        except CacheError as err:
+            logger.debug("eviction after writing %s skipped: %s", key[:12], err)
         return entry
 
-    def write_failure(self, key: str, meta: dict[str, Any], error: str) -> CacheEntry:
-        """Remember that ``key`` failed, so later processes run it eagerly instead of rebuilding."""
-        return self._publish(key, lambda folder: _write_meta(folder, {**meta, "status": FAILED, "error": error}))
+    def write_failure(self, key: str, meta: dict[str, Any], error: str, *, replace_ready: bool = False) -> CacheEntry:
+        """Remember that building ``key`` failed deterministically, so later processes run it eagerly.
 
-    def _publish(self, key: str, stage: Callable[[Path], None]) -> CacheEntry:
-        final = self.path_for(key)
-        staging_root = self.root / _STAGING
-        folder = staging_root / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        try:
-            folder.mkdir(parents=True)
-            stage(folder)
-            if final.exists():
-                trash = staging_root / f"{key}.old.{uuid.uuid4().hex[:8]}"
-                os.replace(final, trash)
-                shutil.rmtree(trash, ignore_errors=True)
-            os.replace(folder, final)
-        except CacheError:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        except OSError as err:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise CacheError(f"cannot write cache entry: {err.strerror or err}", path=final) from err
-        except Exception as err:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise CacheError(f"cannot write cache entry: {type(err).__name__}: {err}", path=final) from err
-        return CacheEntry(key, final, _read_meta(final) or {})
+        Never downgrades: when a ready entry exists (built by another process, or by this one earlier)
+        it is kept and returned, unless ``replace_ready``. Transient failures (out of memory, a full
+        disk, an interrupted build) must not be written at all: the caller remembers them in memory."""
+        def stage(folder: Path, folder_fd: int) -> dict[str, Any]:
+            return {**{k: v for k, v in meta.items() if k != "files"}, "status": FAILED, "error": error}
+
+        return publish(self, key, stage, keep_ready=not replace_ready)
 
     # ------------------------------------------------------------------------------------------ removing
-    def remove(self, key: str) -> bool:
-        path = self.path_for(key)
-        if not path.exists():
-            return False
-        trash = self.root / _STAGING / f"{key}.rm.{uuid.uuid4().hex[:8]}"
-        try:
-            trash.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, trash)
-        except OSError as err:
-            raise CacheError(f"cannot remove cache entry: {err.strerror or err}", path=path) from err
-        shutil.rmtree(trash, ignore_errors=True)
-        return True
+    def remove(self, key: str, *, wait: float = _READER_WAIT_S) -> bool:
+        """Delete entry ``key`` and its lock files; False when absent. Waits up to ``wait`` seconds for
+        readers; raises ``CacheError`` when it is still being loaded or built by another process."""
+        return cache_maint.remove_entry(self, _check_key(key), wait=wait)
 
     def clear(self, status: str | None = None) -> int:
-        """Remove every entry (or only those with ``status``); returns how many were removed."""
-        removed = sum(self.remove(e.key) for e in self.entries() if status is None or e.status == status)
-        self._sweep_staging(max_age=0)
-        return removed
+        """Remove every entry (or only those with ``status``), unfinished staging folders and unused
+        lock files; returns how many entries were removed. Entries in use are kept."""
+        return cache_maint.clear(self, status)
 
     def evict(self, keep: str | None = None) -> list[str]:
-        """Remove least recently used entries until the cache fits ``max_bytes``."""
-        self._sweep_staging(max_age=_STALE_STAGING_S)
-        if self.max_bytes is None:
-            return []
-        entries = self.entries()
-        total = sum(e.size for e in entries)
-        evicted = []
-        for entry in reversed(entries):  # oldest first
-            if total <= self.max_bytes:
-                break
-            if entry.key == keep:
-                continue
-            try:
-                with self.lock(entry.key, timeout=0):
-                    self.remove(entry.key)
-            except CacheError:
-                continue  # in use by another process, or read-only: leave it
-            total -= entry.size
-            evicted.append(entry.key)
-            logger.info("evicted cache entry %s (%s, %d bytes) to stay under the size cap",
-                        entry.key, entry.meta.get("component"), entry.size)
-        return evicted
+        """Remove least recently used entries (never one in use) until the cache fits ``max_bytes``."""
+        return cache_maint.evict(self, keep)
 
-    def _sweep_staging(self, max_age: float) -> None:
-        staging = self.root / _STAGING
-        if not staging.is_dir():
-            return
-        now = time.time()
-        for child in staging.iterdir():
-            try:
-                if now - child.stat().st_mtime >= max_age and not _owned_by_live_process(child.name):
-                    shutil.rmtree(child, ignore_errors=True)
-            except OSError:
-                continue
+    def prune(self, **criteria: Any) -> list[str]:
+        """See ``cache_maint.prune``: by size cap, age, component, failed entries; returns removed keys."""
+        return cache_maint.prune(self, **criteria)
+
+    def verify(self, keys: list[str] | None = None) -> list[cache_maint.Finding]:
+        """See ``cache_maint.verify``: checksums, keys, signatures and programs of every entry."""
+        return cache_maint.verify(self, keys)
+
+    def export(self, dest: str | os.PathLike, keys: list[str] | None = None,
+               **filters: Any) -> cache_archive.ArchiveReport:
+        """See ``cache_archive.export_entries``."""
+        return cache_archive.export_entries(self, dest, keys, **filters)
+
+    def import_(self, source: str | os.PathLike, **options: Any) -> cache_archive.ArchiveReport:
+        """See ``cache_archive.import_entries``."""
+        return cache_archive.import_entries(self, source, **options)
+
+    # ------------------------------------------------------------------------------------------ internals
+    def real_root(self) -> str:
+        return os.path.realpath(self.root)
+
+    def open_root(self, create: bool, real: str | None = None) -> int | None:
+        """A descriptor of the cache folder (``real``: its resolved path); None when it does not exist
+        and ``create`` is False."""
+        real = real or self.real_root()
+        try:
+            return fs.open_dir(real, follow=True)
+        except FileNotFoundError:
+            if not create:
+                return None
+        except OSError as err:
+            raise CacheError(f"cannot open the cache folder: {err.strerror or err}", path=self.root) from err
+        try:
+            os.makedirs(real, mode=0o700)
+            fd = fs.open_dir(real)
+            os.fchmod(fd, self.dir_mode)
+            return fd
+        except FileExistsError:
+            return self.open_root(create=False)
+        except OSError as err:
+            raise CacheError(f"cannot create the cache folder: {err.strerror or err}", path=self.root) from err
+
+    def writable_root(self) -> int:
+        """The cache folder, created (with its marker) if needed. Raises ``ReadOnlyCacheError``/``CacheError``."""
+        if not self.writable:
+            raise ReadOnlyCacheError("the engine cache is read-only", path=self.root,
+                                     hint="cache_read_only is set or the folder is on a read-only mount")
+        fd = self.open_root(create=True)
+        try:
+            fs.write_new_file(MARKER, fd, _MARKER_TEXT, self.file_mode)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            os.close(fd)
+            raise CacheError(f"cannot write the cache marker: {err.strerror or err}", path=self.root) from err
+        return fd
+
+    def _root_reason(self, root_fd: int, real: str) -> str | None:
+        """Why someone other than us (or root) could change what is in the cache folder, or None."""
+        reason = trust.ancestors_reason(real)
+        if reason:
+            return reason
+        opened, named = os.fstat(root_fd), os.stat(real, follow_symlinks=False)
+        if (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
+            return "the cache folder was replaced while it was being checked"
+        return None
+
+    @contextmanager
+    def _locks_fd(self, root_fd: int | None = None) -> Iterator[int]:
+        own = root_fd is None
+        root_fd = self.writable_root() if own else root_fd
+        try:
+            fd = fs.subdir(root_fd, LOCKS, self.dir_mode, create=True)
+        finally:
+            if own:
+                os.close(root_fd)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    def read_lock(self, key: str, *, shared: bool, wait: float) -> int | None:
+        """The entry's read lock, or None where locking is impossible (read-only cache, no permission):
+        loading then goes on without it, as it did before locks existed."""
+        if not self.writable:
+            return None
+        try:
+            with self._locks_fd() as locks_fd:
+                return locks.acquire(locks_fd, f"{key}.read", shared=shared, timeout=wait, mode=self.file_mode)
+        except locks.LockTimeout as err:
+            raise CacheError("the entry is being removed by another process", path=self.path_for(key)) from err
+        except OSError as err:
+            logger.debug("loading %s without a read lock: %s", key[:12], err)
+            return None
+
 
 
 def _check_key(key: str) -> str:
-    if not key or not all(c in "0123456789abcdef" for c in key):
-        raise CacheError(f"invalid cache key {key!r}")
+    if not isinstance(key, str) or not fs.is_key(key):
+        raise CacheError(f"invalid cache key {str(key)[:80]!r}", hint="keys are 32-64 lowercase hex digits")
     return key
-
-
-def _read_meta(folder: Path) -> dict[str, Any] | None:
-    try:
-        with open(folder / META_FILE, encoding="utf-8") as f:
-            meta = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        logger.warning("cannot read %s (%s); treating the entry as a miss", folder / META_FILE, err)
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
-    text = json.dumps({**meta, "written": time.time()}, indent=2, sort_keys=True, default=str)
-    with open(folder / META_FILE, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _owned_by_live_process(name: str) -> bool:
-    """Staging folders are named ``<key>.<pid>.<rand>``: keep those whose writer still runs."""
-    parts = name.split(".")
-    if len(parts) != 3 or not parts[1].isdigit():
-        return False
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

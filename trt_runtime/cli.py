@@ -7,13 +7,13 @@ cannot work) and 1 for a failure while running. Arguments are checked before any
 imported or loaded.
 
 Adding a command: write ``cmd_<name>(args) -> int`` and an ``_add_<name>(sub)`` that registers its parser,
-and list the latter in ``COMMANDS`` (or ``CACHE_COMMANDS`` for ``trt-runtime cache <name>``).
+and list the latter in ``COMMANDS``; ``trt-runtime cache <name>`` commands live in ``cli_cache.py`` and are
+listed in its ``CACHE_COMMANDS``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_cache import CACHE_COMMANDS, add_cache
 from .settings import BACKENDS
 
 __all__ = ["main", "build_parser", "COMMANDS", "CACHE_COMMANDS"]
@@ -44,6 +45,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------------------------------- argument types
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -88,6 +91,8 @@ def pipeline_folder(text: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- commands
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -129,69 +134,6 @@ def cmd_build(args) -> int:
     return 0
 
 
-def _cache(args):
-    from .cache import EngineCache
-    from .settings import resolve_cache_dir
-
-    return EngineCache(resolve_cache_dir(args.cache_dir))
-
-
-_LS_COLUMNS = ("KEY", "COMPONENT", "BACKEND", "STATUS", "SIZE", "LAST USED", "SHAPES")
-
-
-def cmd_cache_ls(args) -> int:
-    cache = _cache(args)
-    entries = cache.entries()
-    if args.json:
-        print(json.dumps([{"key": e.key, "path": str(e.path), "size": e.size, **e.meta} for e in entries],
-                         indent=2, default=str))
-        return 0
-    print(f"engine cache: {cache.root} ({len(entries)} entries, {_size(sum(e.size for e in entries))})")
-    if not entries:
-        return 0
-    rows = []
-    for e in entries:
-        m = e.meta
-        shapes = " ".join("x".join(map(str, s)) for s in m.get("shapes", [])[:4])
-        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
-        rows.append((e.key[:12], str(m.get("component", "?")), str(m.get("backend", "?")), e.status,
-                     _size(e.size), used, shapes, str(m.get("error", "")) if e.status == "failed" else ""))
-    widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(_LS_COLUMNS[:-1])]
-
-    def line(cells) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False)) + "  " + cells[-1]
-
-    print(line(_LS_COLUMNS))
-    for row in rows:
-        print(line(row[:-1]))
-        if row[-1]:
-            print(" " * (widths[0] + 2) + f"error: {row[-1][:150]}")
-    return 0
-
-
-def cmd_cache_info(args) -> int:
-    cache = _cache(args)
-    matches = [e for e in cache.entries() if e.key.startswith(args.key)]
-    if len(matches) != 1:
-        raise RuntimeError(f"{len(matches)} entries match {args.key!r} in {cache.root}"
-                           + ("; give more of the key" if matches else ""))
-    print(json.dumps(matches[0].meta, indent=2, default=str))
-    return 0
-
-
-def cmd_cache_clear(args) -> int:
-    cache = _cache(args)
-    status = "failed" if args.failed else None
-    removed = cache.clear(status=status)
-    print(f"removed {removed} {'failed ' if status else ''}entries from {cache.root}")
-    return 0
-
-
-def cmd_cache_path(args) -> int:
-    print(_cache(args).root)
-    return 0
-
-
 def cmd_env(args) -> int:
     import platform
 
@@ -216,15 +158,6 @@ def cmd_env(args) -> int:
     return 0
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-# ----------------------------------------------------------------------------------------- parsers
 def _add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="compiler (default: auto = tensorrt where it can run, else inductor)")
@@ -264,46 +197,10 @@ def _add_build(sub) -> None:
     build.set_defaults(func=cmd_build, progress=True)
 
 
-def _add_cache_ls(cache_sub) -> None:
-    ls = cache_sub.add_parser("ls", help="list entries (component, backend, status, size, last use, shapes)")
-    ls.add_argument("--json", action="store_true", help="every entry's meta.json, as a JSON list")
-    ls.set_defaults(func=cmd_cache_ls)
-
-
-def _add_cache_info(cache_sub) -> None:
-    info = cache_sub.add_parser("info", help="show one entry's meta.json")
-    info.add_argument("key", help="key or a unique prefix of it")
-    info.set_defaults(func=cmd_cache_info)
-
-
-def _add_cache_clear(cache_sub) -> None:
-    clear = cache_sub.add_parser("clear", help="remove entries")
-    clear.add_argument("--failed", action="store_true", help="only remembered failures (to retry them)")
-    clear.set_defaults(func=cmd_cache_clear)
-
-
-def _add_cache_path(cache_sub) -> None:
-    cache_sub.add_parser("path", help="print the cache folder").set_defaults(func=cmd_cache_path)
-
-
-CACHE_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_cache_ls, _add_cache_info, _add_cache_clear, _add_cache_path,
-]
-"""Registrars of ``trt-runtime cache <command>``, in help order."""
-
-
-def _add_cache(sub) -> None:
-    cache = sub.add_parser("cache", help="inspect or clear the engine cache")
-    cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
-    for add in CACHE_COMMANDS:
-        add(cache_sub)
-
-
 def _add_env(sub) -> None:
     sub.add_parser("env", help="versions, device, cache folder, available backends").set_defaults(func=cmd_env)
 
-
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_build, _add_cache, _add_env]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_demo, _add_build, add_cache, _add_env]
 """Registrars of the top-level commands, in help order."""
 
 
@@ -320,6 +217,8 @@ def build_parser(prog: str = "trt-runtime") -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------------------- running
+
+
 def _configure_logging(args) -> Callable[[], None]:
     """Console logging for the CLI, and the build progress display for commands that build; returns
     what undoes it (``main`` may run inside another program, or a test).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .runtime import TensorRTRuntime
 
 __all__ = ["Component"]
+
+_VERSION = operator.attrgetter("_version")
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +48,14 @@ class Component:
         shapes: dict[str, dict[int, DimLike]] | None = None,
         settings: RuntimeSettings | None = None,
         traits: frozenset[str] = frozenset(),
+        family: tuple[str, dict[str, Any], torch.nn.Module | None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.traits = frozenset(traits)
+        self.family = family
+        """``("module:apply_function", options, owner)`` that wrapped the module (``owner``: the model it
+        belongs to, e.g. the VAE of a decoder; None: the module itself), so a build process can rebuild the
+        owner and wrap it the same way (None for the generic ``TensorRTModule``)."""
         self.name = name
         self.module = module
         self.eager = eager if eager is not None else module
@@ -112,7 +120,7 @@ class Component:
         if tensors is None:
             tensors = self._tensors = [*self.module.parameters(), *self.module.buffers()]
         try:
-            return sum(t._version for t in tensors)
+            return sum(map(_VERSION, tensors))
         except RuntimeError:
             return None
 
@@ -123,7 +131,7 @@ class Component:
             for slot in self.slots.values():
                 if slot.state is State.READY and slot.weights_version is not None:
                     slot.move(State.STALE)
-            self._fingerprints.clear()
+            self._forget_weights()
 
     def invalidate(self) -> None:
         """Say that the weights changed in place (e.g. a fused LoRA). Ready signatures become stale: the
@@ -136,8 +144,16 @@ class Component:
                     slot.move(State.STALE)
                 elif slot.state is not State.COMPILING:  # failures were for the old weights
                     del self.slots[sig]
-            self._fingerprints.clear()
+            self._forget_weights()
             self.graphs.clear()
+
+    def _forget_weights(self) -> None:
+        """Drop remembered digests: writes through ``.data`` (how peft merges a LoRA) bump no version
+        counter, so the per-tensor digest memo must be told."""
+        from . import digest
+
+        self._fingerprints.clear()
+        digest.forget(self.module)
 
     def fingerprint(self, with_weights: bool = True) -> dict[str, Any]:
         """The module's fingerprint for its current dtype (computed once per dtype, then remembered).

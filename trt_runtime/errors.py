@@ -18,6 +18,8 @@ __all__ = [
     "EngineRunError",
     "ValidationError",
     "CacheError",
+    "UntrustedEntryError",
+    "ReadOnlyCacheError",
     "UnkeyableInputError",
 ]
 
@@ -109,6 +111,16 @@ class ValidationError(TrtRuntimeError, ArithmeticError):
 
 class CacheError(TrtRuntimeError, OSError):
     """The on-disk engine cache could not be read or written (permissions, full disk, lock timeout)."""
+
+
+class UntrustedEntryError(CacheError):
+    """A cache entry (or an archive of entries) may have been written by someone this process does not
+    trust: loading it could run their code (artifacts contain pickles), so it is treated as a miss."""
+
+
+class ReadOnlyCacheError(CacheError):
+    """A write was asked of a cache that is read-only (``cache_read_only=True`` or a read-only mount).
+    Callers check ``EngineCache.writable`` first; this only reaches those that did not."""
 
 
 class UnkeyableInputError(TrtRuntimeError, TypeError):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .calls import arg_path
-from .errors import UnkeyableInputError
+from .errors import ConfigurationError, UnkeyableInputError
 from .shapes import Dim
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
 CACHE_FORMAT = 2
 """Bump when the on-disk layout or meaning of a key changes: old entries then simply never match."""
 
-_SAMPLE_ELEMENTS = 4096
 _VOLATILE_CONFIG_KEYS = frozenset(
     {"_name_or_path", "_commit_hash", "transformers_version", "_diffusers_version", "_use_default_values"}
 )
@@ -116,46 +115,38 @@ def signature_json(sig: tuple) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- module
-def module_fingerprint(module: torch.nn.Module, digest: str | None = "sample") -> dict[str, Any]:
+def module_fingerprint(module: torch.nn.Module, digest: str | None = "full") -> dict[str, Any]:
     """What makes this module's compiled artifact valid: class, config, tensor layout, weight values.
 
-    ``digest="sample"`` hashes an evenly spaced sample of each tensor (a few thousand elements), which
-    tells checkpoints and fine-tunes apart while costing milliseconds; ``"full"`` hashes every byte;
-    None leaves the values out (for artifacts that read weights at run time).
+    ``digest="full"`` digests every byte of every parameter and buffer (``trt_runtime.digest``: on the
+    tensor's own device, once per weight version); None leaves the values out (for artifacts that read
+    weights at run time). The former ``"sample"`` digest is gone: an edit between its sample points kept
+    the key and loaded a stale engine.
     """
+    if digest not in ("full", None):
+        raise ConfigurationError(f"weights digest must be 'full' or None, not {digest!r}")
     cls = type(module)
     layout = hashlib.sha256()
-    weights = hashlib.sha256()
-    count = 0
-    for name, tensor in _named_state(module):
+    named = list(_named_state(module))
+    for name, tensor in named:
         layout.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
-        if digest is not None:
-            _hash_tensor(weights, tensor, full=(digest == "full"))
-        count += 1
+    weights = "not embedded"
+    if digest is not None:
+        from . import digest as digests
+
+        weights = f"{digests.ALGORITHM}:{digests.weights_digest(named)[:32]}"
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "config": _module_config(module),
         "layout": layout.hexdigest()[:24],
-        "tensors": count,
-        "weights": f"{digest}:{weights.hexdigest()[:24]}" if digest is not None else "not embedded",
+        "tensors": len(named),
+        "weights": weights,
     }
 
 
 def _named_state(module: torch.nn.Module):
     yield from module.named_parameters(remove_duplicate=True)
     yield from module.named_buffers(remove_duplicate=True)
-
-
-def _hash_tensor(h, tensor: torch.Tensor, full: bool) -> None:
-    t = tensor.detach()
-    if t.device.type == "meta" or t.numel() == 0:
-        h.update(b"-")
-        return
-    flat = t.reshape(-1)
-    if not full and flat.numel() > _SAMPLE_ELEMENTS:
-        step = flat.numel() // _SAMPLE_ELEMENTS
-        flat = flat[::step][:_SAMPLE_ELEMENTS]
-    h.update(flat.contiguous().cpu().view(torch.uint8).numpy().tobytes())
 
 
 def _module_config(module: torch.nn.Module) -> Any:

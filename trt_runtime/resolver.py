@@ -150,7 +150,7 @@ class Resolver:
         loaded = job.load()
         if loaded is not None:
             return loaded
-        if runtime.persisting(backend, settings):
+        if runtime.persisting(backend, settings) and runtime.cache_for(settings).writable:
             try:
                 with runtime.cache_for(settings).lock(key, settings.lock_timeout_s):
                     loaded = job.load(quiet=True)  # another process may have built it while we waited
@@ -265,20 +265,24 @@ class _Job:
         logger.debug("[%s] loading %s", comp.name, entry.path, extra=event(
             "load_start", comp.name, backend=self.backend.name, shapes=short_shapes(self.shapes)))
         try:
-            with _phase(self.phases, "load"):
-                fn = self.backend.load(self.request, entry.path)
-            if "weights" in self.meta and entry.meta.get("weights") != self.meta["weights"]:
-                with _phase(self.phases, "refit"):  # the entry holds other weights than the module's
-                    fn = self.backend.refit(fn, self.request)
-                refits = 1
-            with _phase(self.phases, "load"):
-                output = self._call(fn)
+            # the reader lock keeps eviction away, and a program with undeclared pickles is refused
+            with self.cache.loading(entry) as folder:
+                with _phase(self.phases, "load"):
+                    fn = self.backend.load(self.request, folder)
+                if "weights" in self.meta and entry.meta.get("weights") != self.meta["weights"]:
+                    with _phase(self.phases, "refit"):  # the entry holds other weights than the module's
+                        fn = self.backend.refit(fn, self.request)
+                    refits = 1
+                with _phase(self.phases, "load"):
+                    output = self._call(fn)
+        except CacheError:
+            return None  # refused or gone: the cache has said why (once)
         except Exception as err:  # noqa: BLE001 - an artifact that does not load is a miss
             logger.warning("[%s] cached artifact %s could not be loaded (%s: %s); building it again",
                            comp.name, entry.path, type(err).__name__, err,
                            extra=event("load_end", comp.name, ok=False))
             return None
-        if self.revalidate and not self._validate(output):
+        if (self.revalidate or getattr(fn, "validate_on_load", False)) and not self._validate(output):
             return Resolution(State.FAILED, self.key, error=self.row.error, output=NOTHING)
         seconds = time.perf_counter() - started
         self.cache.touch(entry)
@@ -307,18 +311,31 @@ class _Job:
         if (settings.validate or self.revalidate) and not self._validate(output):
             return self.failed(None, ValidationError)
         where = "kept in memory"
-        if self.persisting:
+        if self.persisting and self.cache.writable:
             meta = {**self.meta, "compile_seconds": round(seconds, 3), **self.backend.artifact_meta(fn)}
             logger.debug("[%s] saving the artifact", comp.name, extra=event("phase", comp.name, phase="save"))
             try:
                 with _phase(self.phases, "save"):
-                    entry = self.cache.write(self.key, meta, lambda folder: self.backend.save(fn, self.request, folder))
+                    entry = self.cache.write(self.key, meta, lambda folder: self._save(fn, folder))
                 where = f"saved to {entry.path}"
             except CacheError as err:
-                runtime.cache_unwritable(comp, err)
+                if isinstance(err.__cause__, _SaveFailed):  # the backend's serializer, not the disk
+                    comp.warn_once(f"save:{self.key}", "[%s] the %s artifact could not be saved (%s); it serves "
+                                   "this process only, the next one builds it again", comp.name, self.backend.name,
+                                   err.__cause__)
+                else:
+                    runtime.cache_unwritable(comp, err)
         logger.info("[%s] compiled in %.1f s, %s", comp.name, seconds, where,
                     extra=event("build_end", comp.name, seconds=seconds, ok=True))
         return self.ready(fn, output, None, compiles=1, compile_seconds=seconds, calls=1)
+
+    def _save(self, fn: Callable[..., Any], folder) -> None:
+        try:
+            self.backend.save(fn, self.request, folder)
+        except OSError:
+            raise  # the disk: the cache reports it
+        except Exception as err:  # noqa: BLE001 - a serializer that cannot handle this artifact
+            raise _SaveFailed(f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}") from err
 
     def _validate(self, output: Any) -> bool:
         comp = self.comp
@@ -355,7 +372,7 @@ class _Job:
                            "pass (%s); running eagerly and retrying later", comp.name, short_shapes(self.shapes),
                            error)
             return Resolution(State.FAILED, self.key, error=error, output=output, transient=True)
-        if self.persisting:
+        if self.persisting and self.cache.writable:
             try:
                 self.cache.write_failure(self.key, self.meta, error)
             except CacheError as cache_err:
@@ -363,6 +380,10 @@ class _Job:
         comp.warn_once(f"build:{self.key}", "[%s] build for input shapes %s failed, running eagerly from now on: "
                        "%s", comp.name, short_shapes(self.shapes), error)
         return Resolution(State.FAILED, self.key, error=error, output=output)
+
+
+class _SaveFailed(RuntimeError):
+    """A backend could not serialize an artifact it built (told apart from a full or read-only disk)."""
 
 
 def _active_dims(sig: tuple, spec) -> dict:

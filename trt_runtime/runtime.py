@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import builds, keys
+from . import build_process, builds, keys
 from .backends import Backend, check_backend_name, select_backend
 from .cache import EngineCache
 from .calls import short_shapes, tensor_shapes
@@ -29,7 +29,7 @@ from .errors import CacheError, EngineRunError, UnkeyableInputError
 from .graphs import unsafe_reason
 from .logging_utils import install_default_handler
 from .resolver import NOTHING, Resolution, Resolver
-from .settings import RuntimeSettings, resolve_cache_dir
+from .settings import RuntimeSettings
 from .state import Slot, State
 from .stats import RuntimeStats
 
@@ -74,12 +74,12 @@ class TensorRTRuntime:
     def cache_for(self, settings: RuntimeSettings) -> EngineCache:
         """The engine cache a component with ``settings`` uses (its own ``cache_dir`` and cache policy,
         when it was wrapped with them; the runtime's otherwise). One object per distinct cache."""
-        tag = (settings.cache_dir, settings.max_cache_bytes, settings.verify_checksum)
+        tag = (settings.cache_dir, settings.max_cache_bytes, settings.verify_checksum, settings.cache_sharing,
+               settings.cache_read_only, settings.trust_key_file)
         with self._lock:
             cache = self._caches.get(tag)
             if cache is None:
-                cache = self._caches[tag] = EngineCache(resolve_cache_dir(settings.cache_dir),
-                                                        settings.max_cache_bytes, settings.verify_checksum)
+                cache = self._caches[tag] = EngineCache.from_settings(settings)
             return cache
 
     def component(self, name: str, module: torch.nn.Module, **kwargs: Any) -> Component:
@@ -222,18 +222,22 @@ class TensorRTRuntime:
             ready_event = torch.cuda.Event()
             ready_event.record()
         build_queue = builds.queue_for(comp.device, comp.settings.max_pending_builds)
+        modes = builds.grad_modes()  # per thread: the worker builds under the caller's grad/inference mode
 
         def job() -> None:
             if build_queue.cancelled():
                 return
             if ready_event is not None:
                 torch.cuda.current_stream().wait_event(ready_event)
-            try:
-                result = self.resolver.resolve(comp, sig, *example, previous=slot, run_call=False)
-            except Exception as err:  # noqa: BLE001 - strict/configuration errors have no caller here
-                comp.warn_once(f"background:{type(err).__name__}", "[%s] background build failed: %s; running "
-                               "eagerly", comp.name, err)
-                result = Resolution(State.FAILED, slot.key, error=str(err))
+            with builds.entered(modes):
+                if comp.settings.build_process and build_process.can_build_in_process(comp):
+                    build_process.build_in_child(comp, *example)  # writes the entry; the resolver then loads it
+                try:
+                    result = self.resolver.resolve(comp, sig, *example, previous=slot, run_call=False)
+                except Exception as err:  # noqa: BLE001 - strict/configuration errors have no caller here
+                    comp.warn_once(f"background:{type(err).__name__}", "[%s] background build failed: %s; running "
+                                   "eagerly", comp.name, err)
+                    result = Resolution(State.FAILED, slot.key, error=str(err))
             if not build_queue.cancelled():
                 self._apply(comp, slot, result, generation)
 

@@ -72,7 +72,7 @@ def test_same_signature_reuses_new_shape_compiles_once_and_truncation_rebuilds(c
     assert rt.stats.totals()["compiles"] == 2 and rt.stats.totals()["calls"] == 4
 
     for entry in rt.cache.entries():
-        (artifact,) = entry.path.glob("inductor_cache.*.bin")
+        (artifact,) = entry.path.glob("inductor_*.bin")
         artifact.write_bytes(artifact.read_bytes()[:100])  # a crash mid-copy, a full disk...
     rt2 = TensorRTRuntime(backend="inductor", cache_dir=cache_dir)
     w2 = TensorRTModule(net, runtime=rt2, name="mlp")
@@ -172,3 +172,34 @@ def test_each_entry_stores_its_own_artifacts_so_the_cache_grows_linearly(cache_d
     sizes = [entry.size for entry in sorted(rt.cache.entries(), key=lambda e: e.meta["written"])]
     assert len(sizes) == 4
     assert max(sizes) < 1.5 * min(sizes), sizes
+
+
+@pytest.mark.slow
+def test_precompiled_artifacts_load_in_a_new_process_without_tracing(tmp_path):
+    """``inductor_precompile=True``: the entry holds the ahead-of-time compiled function (and, on a CPU,
+    its C++ kernels), and a new process with an empty inductor cache loads it instead of compiling."""
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        sys.path.insert(0, {ROOT!r})
+        from trt_runtime import TensorRTModule, TensorRTRuntime
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).eval()
+        rt = TensorRTRuntime(backend="inductor", cache_dir=sys.argv[1], inductor_precompile=True)
+        w = TensorRTModule(net, runtime=rt, name="mlp")
+        x = torch.randn(3, 8)
+        with torch.no_grad():
+            err = float((w(x) - net(x)).abs().max())
+        files = sorted(p.name for p in rt.cache.entries()[0].path.iterdir())
+        print(json.dumps({{"totals": rt.stats.totals(), "err": err, "files": files}}))
+    """)
+    results = []
+    for run in range(2):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor{run}")}
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "engines")], capture_output=True,
+                              text=True, env=env, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    cold, warm = results
+    assert cold["totals"]["compiles"] == 1 and "inductor_aot.bin" in cold["files"] and "kernels" in cold["files"]
+    assert warm["totals"]["loads"] == 1 and warm["totals"]["compiles"] == 0
+    assert cold["err"] < 1e-5 and warm["err"] < 1e-5

@@ -103,7 +103,7 @@ def test_engine_reloads_in_a_fresh_process_without_building(cache_dir):
 
 
 @torch.no_grad()
-def test_refittable_engine_follows_new_weights_and_back(cache_dir):
+def test_refittable_engine_follows_new_weights_and_back(cache_dir, caplog):
     """A -> B -> A without a rebuild: B is what fusing a LoRA does to the base weights (an in-place edit
     of the module, here through ``load_state_dict`` on the model itself, not on the wrapper)."""
     from trt_runtime.modules.unet import apply_unet
@@ -122,7 +122,8 @@ def test_refittable_engine_follows_new_weights_and_back(cache_dir):
     unet.load_state_dict(weights_a)
     out_a2 = unet(x, 10, ctx).sample.clone()
     totals = rt.stats.totals()
-    _report(test="refit", totals=totals, phases=[r.phases for r in rt.stats.rows()])
+    _report(test="refit", totals=totals, phases=[r.phases for r in rt.stats.rows()],
+            warnings=[r.getMessage()[:1500] for r in caplog.records if r.levelno >= 30])
     assert totals["compiles"] == 1 and sum(r.refits for r in rt.stats.rows()) == 2
     assert not torch.allclose(out_a, out_b, atol=1e-3), "a stale engine was served"
     torch.testing.assert_close(out_a2, out_a, atol=0, rtol=0)
@@ -144,9 +145,12 @@ def test_cuda_graphs_replay_engines_and_keep_outputs(cache_dir):
 
 @torch.no_grad()
 def test_unconvertible_module_falls_back_with_a_reason(cache_dir):
+    """Python control flow on a tensor's value cannot be exported: the build fails, the call is eager's.
+    (An op TensorRT lacks is not a failure: torch_tensorrt leaves it in PyTorch.)"""
+
     class DataDependent(torch.nn.Module):
         def forward(self, x):
-            return x[x > 0].sum().expand(2)  # a data-dependent shape
+            return x * 2 if x.sum() > 0 else x - 1
 
     module = DataDependent().to("cuda")
     rt = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir)

@@ -26,6 +26,7 @@ from ..calls import dtype_of, iter_tensors
 from ..errors import BackendUnavailableError, EngineBuildError
 from ..logging_utils import event
 from ..shapes import constraint_hint, first_lines
+from . import _inductor_aot as aot
 from .base import Backend, CompileRequest
 
 __all__ = ["InductorBackend"]
@@ -39,7 +40,7 @@ ARTIFACT_STEM = "inductor_cache"
 class InductorBackend(Backend):
     name = "inductor"
     artifact_fields = frozenset(
-        {"inductor_mode", "fullgraph", "inductor_options", "channels_last", "precision"}
+        {"inductor_mode", "fullgraph", "inductor_options", "channels_last", "precision", "inductor_precompile"}
     )
 
     def embeds_weights(self, settings) -> bool:
@@ -63,9 +64,20 @@ class InductorBackend(Backend):
         return versions
 
     def compile(self, request: CompileRequest):
+        if _precompilable(request):
+            try:
+                return aot.compile_aot(request.module, request.args, dict(request.kwargs),
+                                       dict(request.settings.inductor_options or {}),
+                                       cpu=request.device is None or request.device.type == "cpu")
+            except Exception as err:  # noqa: BLE001 - the plain path below is always there
+                logger.info("[%s] ahead-of-time compile not possible here (%s: %s); using torch.compile",
+                            request.component, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
         return _Recorded(self._wrap(request), request.component)
 
     def save(self, compiled, request: CompileRequest, directory: Path) -> None:
+        if isinstance(compiled, aot.AotCall):
+            aot.save_aot(compiled, directory)
+            return
         delta = compiled.delta if isinstance(compiled, _Recorded) else None
         payloads = [delta] if delta else list(_SAVED)
         if not delta:
@@ -79,6 +91,8 @@ class InductorBackend(Backend):
             _SAVED.append(delta)
 
     def load(self, request: CompileRequest, directory: Path):
+        if (directory / aot.ARTIFACT).is_file():
+            return aot.load_aot(request.module, directory)
         files = sorted(directory.glob(f"{ARTIFACT_STEM}.*.bin"))
         if not files:
             raise FileNotFoundError(f"no {ARTIFACT_STEM}.*.bin in {directory}")
@@ -149,6 +163,14 @@ class _Recorded:
 
 _SAVED: list[bytes] = []
 """Every delta this process wrote, for an entry whose own delta is empty."""
+
+
+def _precompilable(request: CompileRequest) -> bool:
+    """Whether this build can be compiled ahead of time (see ``_inductor_aot``)."""
+    settings = request.settings
+    return (settings.inductor_precompile and settings.fullgraph and settings.inductor_mode in (None, "default")
+            and not request.dynamic and not settings.channels_last and _autocast_dtype(request) is None
+            and aot.available())
 
 
 def _mark_dynamic(request: CompileRequest) -> None:

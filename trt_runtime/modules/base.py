@@ -79,6 +79,7 @@ def make_component(
     eager: Callable[..., Any] | None = None,
     settings: RuntimeSettings | dict | None = None,
     traits: frozenset[str] = frozenset(),
+    family: tuple[str, dict[str, Any]] | None = None,
 ) -> Component:
     """A runtime ``Component`` for ``module``; ``settings`` overrides the runtime's for this one, and
     ``shapes`` declares dimension ranges that one artifact serves (checked by ``check_shapes``);
@@ -95,6 +96,7 @@ def make_component(
         shapes=check_shapes(module, shapes, name),
         settings=settings,
         traits=traits,
+        family=family,
     )
 
 

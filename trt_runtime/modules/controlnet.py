@@ -102,4 +102,5 @@ def _apply_one(net: torch.nn.Module, runtime, name: str, settings, shapes) -> Wr
             return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid)
         return down, mid
 
-    return wrap_in_place(net, name, core=TupleCore, call=call, runtime=runtime, shapes=shapes, settings=settings)
+    return wrap_in_place(net, name, core=TupleCore, call=call, runtime=runtime, shapes=shapes, settings=settings,
+                         family=f"{__name__}:apply_controlnet")

@@ -270,16 +270,22 @@ def wrap_in_place(
     shapes: SpecLike | None = None,
     settings: dict | None = None,
     traits: frozenset[str] = frozenset(),
+    family: str | None = None,
+    family_options: dict[str, Any] | None = None,
+    owner: torch.nn.Module | None = None,
 ) -> Wrapped:
     """Install the runtime on ``module`` in place: its forward becomes ``call(component, lora, args,
     kwargs)``, where ``component`` compiles ``core(original_forward)``. Refuses offload modes that keep the
-    weights away (``check_offload``); returns what was installed."""
+    weights away (``check_offload``); returns what was installed. ``family`` names the ``apply_*`` function
+    (``"module:function"``) that wraps ``owner`` (default: ``module``) given ``runtime`` and ``family_options``
+    (default: ``name``), so a separate build process can wrap a rebuilt copy alike."""
     check_offload(module, name)
     holder: dict[str, Component] = {}
 
     def make_forward(original: OriginalForward):
         component = make_component(module, runtime=runtime, name=name, shapes=shapes, eager=core(original),
-                                   settings=settings, traits=traits)
+                                   settings=settings, traits=traits,
+                                   family=(family, family_options or {"name": name}, owner) if family else None)
         holder[name] = component
         lora = LoraTracker(module, component)
 

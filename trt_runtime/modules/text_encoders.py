@@ -114,4 +114,4 @@ def apply_text_encoder(
 
     # Their attention takes a bias (CLIP and LLaMA: the causal mask; T5: the relative position bias).
     return wrap_in_place(model, name, core=_FieldsCore, call=call, runtime=runtime, shapes=shapes,
-                         settings=settings, traits=frozenset({"attention_bias"}))
+                         settings=settings, traits=frozenset({"attention_bias"}), family=f"{__name__}:apply_text_encoder")

@@ -92,4 +92,4 @@ def apply_transformer(
         return cls(**{field: out[0]}) if return_dict else out
 
     return wrap_in_place(module, name, core=TupleCore, call=call, runtime=runtime, shapes=shapes,
-                         settings=settings)
+                         settings=settings, family=f"{__name__}:apply_transformer")

@@ -56,4 +56,5 @@ def apply_unet(
         (out,) = component(**call)
         return UNet2DConditionOutput(sample=out) if return_dict else (out,)
 
-    return wrap_in_place(unet, name, core=TupleCore, call=call, runtime=runtime, shapes=shapes, settings=settings)
+    return wrap_in_place(unet, name, core=TupleCore, call=call, runtime=runtime, shapes=shapes, settings=settings,
+                         family=f"{__name__}:apply_unet")

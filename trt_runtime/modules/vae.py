@@ -76,7 +76,7 @@ def apply_vae(
             if not isinstance(module, torch.nn.Module):
                 continue
             check_offload(module, f"{name}.{part}")
-            wrapped.components.update(_wrap_part(module, f"{name}.{part}", runtime, settings, specs[part]))
+            wrapped.components.update(_wrap_part(vae, part, module, name, runtime, settings, specs[part]))
             wrapped.modules.append(module)
     except BaseException:
         for module in wrapped.modules:
@@ -85,11 +85,14 @@ def apply_vae(
     return wrapped
 
 
-def _wrap_part(module: torch.nn.Module, name: str, runtime, settings, shapes) -> dict[str, Component]:
+def _wrap_part(vae: torch.nn.Module, part: str, module: torch.nn.Module, name: str, runtime, settings, shapes
+               ) -> dict[str, Component]:
     binder = CallBinder(type(module).forward)
 
     def call(component, lora, args: tuple, kwargs: dict[str, Any]) -> Any:
         return component(**binder.bind(args, kwargs))
 
-    return wrap_in_place(module, name, core=PassCore, call=call, runtime=runtime, shapes=shapes,
-                         settings=settings).components
+    return wrap_in_place(module, f"{name}.{part}", core=PassCore, call=call, runtime=runtime, shapes=shapes,
+                         settings=settings, family=f"{__name__}:apply_vae", owner=vae,
+                         family_options={"name": name, "encoder": part == "encoder", "decoder": part == "decoder"}
+                         ).components

@@ -1,0 +1,7 @@
+"""Imported by a build process in tests (``TRT_RUNTIME_BUILD_IMPORTS``): registers the test backends there."""
+
+from trt_runtime.backends import register_backend
+
+from .backends import SlowExport
+
+register_backend("slow", SlowExport)
