@@ -132,3 +132,52 @@ def test_level_parsing():
     assert logging_utils._parse_level("Info") == logging.INFO and logging_utils._parse_level(10) == 10
     with pytest.raises(ValueError, match="not a logging level"):
         logging_utils._parse_level("chatty")
+
+
+# ------------------------------------------------------------------------------------------ progress display
+def _emit(handler, kind, component="unet", **fields):
+    record = logging.LogRecord("trt_runtime.resolver", logging.DEBUG, __file__, 1, "event", (), None)
+    setattr(record, logging_utils.EVENT, {"kind": kind, "component": component, **fields})
+    handler.handle(record)
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_build_progress_draws_component_shapes_phase_and_time(live):
+    import io
+
+    from trt_runtime.progress import BuildProgress
+
+    stream = io.StringIO()
+    progress = BuildProgress(stream=stream, live=live)
+    _emit(progress, "build_start", backend="tensorrt", shapes="2x4x64x64, 2x77x768")
+    _emit(progress, "phase", phase="torch.export")
+    _emit(progress, "phase", phase="TensorRT engine build")
+    _emit(progress, "build_end", seconds=12.34, ok=True)
+    _emit(progress, "build_start", component="vae.decoder", backend="tensorrt", shapes="1x4x64x64")
+    _emit(progress, "build_end", component="vae.decoder", ok=False)
+    _emit(progress, "load_start", component="vae.encoder", backend="inductor", shapes="1x3x512x512")
+    _emit(progress, "load_end", component="vae.encoder", seconds=0.5)
+    progress.close()
+    text = stream.getvalue()
+    assert "compiled unet (2x4x64x64, 2x77x768) in 12.3 s" in text
+    assert "compiling vae.decoder (1x4x64x64) failed after" in text and "runs eagerly" in text
+    assert "loaded vae.encoder (1x3x512x512) in 0.5 s" in text
+    if live:
+        assert "TensorRT engine build" in text  # tqdm's status line
+    else:
+        lines = text.splitlines()
+        assert lines[:3] == ["compiling unet (2x4x64x64, 2x77x768) with tensorrt",
+                             "compiling unet (2x4x64x64, 2x77x768) with tensorrt: torch.export",
+                             "compiling unet (2x4x64x64, 2x77x768) with tensorrt: TensorRT engine build"]
+
+
+def test_progress_ignores_records_without_events():
+    import io
+
+    from trt_runtime.progress import BuildProgress
+
+    stream = io.StringIO()
+    progress = BuildProgress(stream=stream, live=False)
+    progress.handle(logging.LogRecord("trt_runtime", logging.INFO, __file__, 1, "plain", (), None))
+    _emit(progress, "phase", phase="never started")  # a phase of a build it never saw start
+    assert stream.getvalue() == ""
