@@ -120,9 +120,9 @@ def cmd_cache_prune(args) -> int:
     cache = _cache(args)
     criteria = {"failed": args.failed, "component": args.component, "dry_run": args.dry_run}
     if args.older_than:
-        criteria["older_than_s"] = _parse_quantity(args.older_than, _AGES, "age")
+        criteria["older_than_s"] = args.older_than
     if args.max_bytes:
-        criteria["max_bytes"] = int(_parse_quantity(args.max_bytes, _SIZES, "size"))
+        criteria["max_bytes"] = args.max_bytes
     removed = cache.prune(**criteria)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(removed)} entries from {cache.root}" + "".join(f"\n  {k}" for k in removed))
@@ -197,9 +197,19 @@ _AGES = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 8640
 def _parse_quantity(text: str, units: dict[str, int], what: str) -> float:
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in units:
-        raise SystemExit(f"trt-runtime cache: {what} {text!r} is not understood (e.g. "
-                         f"{'10G, 500M' if what == 'size' else '7d, 12h, 30m'})")
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is not understood (e.g. "
+                                         f"{'10G, 500M' if what == 'size' else '7d, 12h, 30m'})")
     return float(match.group(1)) * units[match.group(2).lower()]
+
+
+def byte_size(text: str) -> int:
+    """``20G``, ``500M``, ``1024``: an argparse type (a malformed size is a usage error, exit status 2)."""
+    return int(_parse_quantity(text, _SIZES, "size"))
+
+
+def age_seconds(text: str) -> float:
+    """``7d``, ``12h``, ``30m``: an argparse type."""
+    return _parse_quantity(text, _AGES, "age")
 
 
 def _size(n: float) -> str:
@@ -245,9 +255,9 @@ def _add_cache_verify(cache_sub) -> None:
 def _add_cache_prune(cache_sub) -> None:
     prune = cache_sub.add_parser("prune", help="remove entries by size cap, age, component or failure; "
                                  "safe while other processes use the cache")
-    prune.add_argument("--max-bytes", help="shrink to this size (e.g. 20G); default: the size cap, "
+    prune.add_argument("--max-bytes", type=byte_size, help="shrink to this size (e.g. 20G); default: the size cap, "
                        "when no other criterion is given")
-    prune.add_argument("--older-than", help="entries not used for this long (e.g. 7d, 12h)")
+    prune.add_argument("--older-than", type=age_seconds, help="entries not used for this long (e.g. 7d, 12h)")
     prune.add_argument("--component", help="only entries of this component (unet, vae.decoder, ...)")
     prune.add_argument("--failed", action="store_true", help="remembered failures")
     prune.add_argument("--dry-run", action="store_true", help="list what would be removed")
