@@ -158,8 +158,15 @@ def cmd_env(args) -> int:
     return 0
 
 
+def _backend_choices() -> tuple[str, ...]:
+    """The built-in backends, and any registered with ``register_backend`` in this process (when
+    ``main`` runs inside a program that registered one); never imports torch to find out."""
+    registered = getattr(sys.modules.get("trt_runtime.backends"), "_FACTORIES", {})
+    return (*BACKENDS, *sorted(set(registered) - set(BACKENDS)))
+
+
 def _add_backend(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+    parser.add_argument("--backend", default="auto", choices=_backend_choices(),
                         help="compiler (default: auto = tensorrt where it can run, else inductor)")
     parser.add_argument("--device", type=device_name, default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available)")
