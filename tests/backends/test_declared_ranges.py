@@ -98,3 +98,25 @@ def test_one_inductor_graph_serves_a_stepped_unet_range(cache_dir):
     totals = runtime.stats.totals()
     assert (totals["keys"], totals["compiles"], totals["fallbacks"]) == (1, 1, 0)
     assert counters["stats"]["unique_graphs"] - graphs == 1
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_transformer_ranges_build_once_on_tensorrt(family, standin, tmp_path):
+    """SD3 (latents in patch steps, timestep expanded to the batch) and Flux (packed latents: a range of
+    image tokens shared by ``hidden_states`` and ``img_ids``): one program for every size and batch."""
+    standin("2.14.0")
+    pipe = tm.sd3_pipeline() if family == "sd3" else tm.flux_pipeline()
+    extra = {"max_sequence_length": 16} if family == "flux" else {}
+
+    def generate(px, batch):
+        with torch.inference_mode():
+            return pipe(prompt=[PROMPT] * batch, height=px, width=px, num_inference_steps=2, output_type="np",
+                        generator=torch.Generator().manual_seed(0), **extra).images
+
+    cases = [(32, 1), (48, 2), (40, 1)]
+    want = {case: generate(*case) for case in cases}
+    runtime = TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True, persist=False)
+    wrap_pipeline(pipe, runtime=runtime, vae=False, resolutions=(32, 48), batch_sizes=(1, 2))
+    for case in cases:
+        np.testing.assert_allclose(generate(*case), want[case], atol=1e-5)
+    assert _compiles(runtime) == {"transformer": 1} and runtime.stats.totals()["fallbacks"] == 0
