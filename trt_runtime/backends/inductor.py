@@ -154,7 +154,7 @@ class _Recorded:
                 if hint is None:
                     raise
                 raise EngineBuildError(f"torch.compile refused the declared shape range: {type(err).__name__}: "
-                                       f"{first_lines(err)}", hint=hint) from err
+                                       f"{first_lines(err).rstrip('.')}", hint=hint) from err
             saved = torch.compiler.save_cache_artifacts()
         self.delta = saved[0] if saved else None
         self._first = False

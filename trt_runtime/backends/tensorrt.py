@@ -274,7 +274,7 @@ class _InputPlan:
             return torch.export.export(flat, tuple(self.examples), dynamic_shapes=self.dynamic_shapes(), strict=False)
         except Exception as err:
             raise EngineBuildError(
-                f"torch.export could not capture the module: {type(err).__name__}: {first_lines(err)}",
+                f"torch.export could not capture the module: {type(err).__name__}: {first_lines(err).rstrip('.')}",
                 component=request.component, shapes=self.shapes,
                 hint=constraint_hint(err) or "TensorRT needs a graph without Python-side data-dependent control "
                 "flow; the call runs eagerly",
