@@ -9,7 +9,7 @@ import torch
 
 from trt_runtime import ConfigurationError, Dim, EngineBuildError, TensorRTRuntime
 from trt_runtime.backends import CompileRequest
-from trt_runtime.backends import tensorrt as trt_backend
+from trt_runtime.backends import _tensorrt_export as trt_export
 from trt_runtime.keys import signature, signature_json
 from trt_runtime.pipeline import wrap_pipeline, wrapped_components
 from trt_runtime.ranges import declared_ranges, parse_batch_sizes, parse_resolutions
@@ -91,7 +91,7 @@ def test_tensorrt_plan_exports_steps_as_derived_dims():
     request = _request({"sample": torch.zeros(1, 4, 8, 16), "cond": torch.zeros(1, 3, 64, 16),
                         "res": torch.zeros(1, 2, 4, 16)},
                        {"sample": {0: batch, 2: h}, "cond": {0: batch, 2: h * 8}, "res": {0: batch, 2: h // 2}})
-    plan = trt_backend._InputPlan(request)
+    plan = trt_export.InputPlan(request)
     # batch 1 and k = h / 8 = 1 would be specialized by torch.export: every dim of both symbols doubles
     assert [tuple(e.shape) for e in plan.examples] == [(2, 3, 128, 16), (2, 2, 8, 16), (2, 4, 16, 16)]
     (dims,) = plan.dynamic_shapes()
@@ -107,13 +107,13 @@ def test_tensorrt_plan_keeps_static_what_the_call_does_not_fit():
     batch = Dim("batch", 2, 4)
     request = _request({"sample": torch.zeros(3, 4), "timestep": torch.zeros(())},
                        {"sample": {0: batch}, "timestep": {0: batch}})  # a 0-d timestep has no batch
-    plan = trt_backend._InputPlan(request)
+    plan = trt_export.InputPlan(request)
     ((sample, timestep),) = plan.dynamic_shapes()
     assert list(sample) == [0] and sample[0].__name__ == "batch" and timestep is None
     broken = _request({"sample": torch.zeros(2, 4, 16), "cond": torch.zeros(2, 3, 192)},
                       {"sample": {2: Dim("h", 8, 32, multiple_of=8)}, "cond": {2: Dim("h", 8, 32, multiple_of=8) * 8}})
     with pytest.raises(EngineBuildError, match="break the declared relation of 'h'"):
-        trt_backend._InputPlan(broken)
+        trt_export.InputPlan(broken)
 
 
 def test_inductor_marks_ranges_where_dynamo_can_hold_them(monkeypatch):

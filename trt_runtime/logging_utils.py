@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "enable_default_handler",
     "disable_default_handler",
     "install_default_handler",
+    "Heartbeat",
     "event",
 ]
 
@@ -186,3 +188,29 @@ def event(kind: str, component: str, **fields: Any) -> dict[str, Any]:
     Kinds: ``build_start`` (backend, shapes), ``phase`` (phase: export, engine build, first call,
     validate, save...), ``build_end`` (seconds, ok), ``load_start``, ``load_end`` (seconds)."""
     return {EVENT: {"kind": kind, "component": component, **fields}}
+
+
+class Heartbeat:
+    """Logs a line every ``interval`` seconds while a build runs, so nobody thinks the process hung."""
+
+    def __init__(self, component: str, backend: str, interval: float, log: logging.Logger) -> None:
+        self.component, self.backend, self.interval, self.log = component, backend, interval, log
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval > 0:
+            self._started = time.perf_counter()
+            self._thread = threading.Thread(target=self._run, name="trt_runtime-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.log.info("[%s] still compiling with %s (%.0f s so far)", self.component, self.backend,
+                        time.perf_counter() - self._started)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

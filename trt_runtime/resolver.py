@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import errno
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -35,8 +34,9 @@ from .backends import Backend, CompileRequest
 from .cache import FAILED, READY
 from .calls import short_shapes, tensor_shapes
 from .errors import CacheError, ConfigurationError, EngineBuildError, TrtRuntimeError, ValidationError
-from .logging_utils import event
+from .logging_utils import Heartbeat, event
 from .settings import default_tolerance
+from .shapes import active_dims
 from .state import State
 from .validation import relative_error
 
@@ -164,7 +164,7 @@ class Resolver:
         settings = comp.settings
         request = CompileRequest(
             component=comp.name, module=comp.eager if isinstance(comp.eager, torch.nn.Module) else comp.module,
-            args=args, kwargs=kwargs, names=comp.names, dynamic=_active_dims(sig, comp.spec),
+            args=args, kwargs=kwargs, names=comp.names, dynamic=active_dims(sig, comp.spec),
             settings=settings, device=comp.device, precision=comp.precision, traits=comp.traits,
         )
         parts = {
@@ -299,7 +299,7 @@ class _Job:
                     extra=event("build_start", comp.name, backend=self.backend.name, shapes=shapes))
         started = time.perf_counter()
         try:
-            with _Progress(comp.name, self.backend.name, settings.progress_interval_s), \
+            with Heartbeat(comp.name, self.backend.name, settings.progress_interval_s, logger), \
                     _phase(self.phases, "compile"):
                 fn = self.backend.compile(self.request)
                 output = self._call(fn)
@@ -384,49 +384,3 @@ class _Job:
 
 class _SaveFailed(RuntimeError):
     """A backend could not serialize an artifact it built (told apart from a full or read-only disk)."""
-
-
-def _active_dims(sig: tuple, spec) -> dict:
-    """The declared dims this call's tensors fall inside (only those become dynamic)."""
-    if not spec:
-        return {}
-    active: dict[str, dict[int, Any]] = {}
-    for path, dims in spec.items():
-        for index, dim in dims.items():
-            if _sig_has_dim(sig, dim):
-                active.setdefault(path, {})[index] = dim
-    return active
-
-
-def _sig_has_dim(node: Any, dim) -> bool:
-    if node is dim:
-        return True
-    if isinstance(node, tuple):
-        return any(_sig_has_dim(child, dim) for child in node)
-    return False
-
-
-class _Progress:
-    """Logs a line every ``interval`` seconds while a build runs, so nobody thinks the process hung."""
-
-    def __init__(self, component: str, backend: str, interval: float) -> None:
-        self.component, self.backend, self.interval = component, backend, interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _Progress:
-        if self.interval > 0:
-            self._started = time.perf_counter()
-            self._thread = threading.Thread(target=self._run, name="trt_runtime-progress", daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            logger.info("[%s] still compiling with %s (%.0f s so far)", self.component, self.backend,
-                        time.perf_counter() - self._started)
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()

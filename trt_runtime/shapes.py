@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["Dim", "DimLike", "ShapeSpec", "normalize_spec", "constraint_hint", "first_lines"]
+__all__ = ["Dim", "DimLike", "ShapeSpec", "normalize_spec", "constraint_hint", "first_lines", "active_dims"]
 
 
 def _check_int(owner: str, field: str, value: Any) -> None:
@@ -219,3 +219,23 @@ def first_lines(err: BaseException, lines: int = 12) -> str:
     and the cache's ``meta.json`` and the one warning of a failed build need what failed, not all of it."""
     text = str(err).strip().splitlines()
     return "\n".join(text[:lines]) + (f"\n... ({len(text) - lines} more lines)" if len(text) > lines else "")
+
+
+def active_dims(sig: tuple, spec) -> dict:
+    """The declared dims this call's tensors fall inside (only those become dynamic)."""
+    if not spec:
+        return {}
+    active: dict[str, dict[int, Any]] = {}
+    for path, dims in spec.items():
+        for index, dim in dims.items():
+            if _sig_has_dim(sig, dim):
+                active.setdefault(path, {})[index] = dim
+    return active
+
+
+def _sig_has_dim(node: Any, dim) -> bool:
+    if node is dim:
+        return True
+    if isinstance(node, tuple):
+        return any(_sig_has_dim(child, dim) for child in node)
+    return False

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from trt_runtime.backends import _tensorrt_api as api_table
+from trt_runtime.backends import _tensorrt_export as export_module
 from trt_runtime.backends import get_backend, select_backend
 from trt_runtime.backends import tensorrt as backend_module
 from trt_runtime.backends.base import CompileRequest
@@ -153,11 +154,11 @@ def _request(args, kwargs=None, dynamic=None, names=("x",)):
 
 def test_size_one_examples_are_widened_for_export():
     batch = Dim("batch", 1, 4)
-    plan = backend_module._InputPlan(_request((torch.ones(1, 3),), dynamic={"x": {0: batch}}))
+    plan = export_module.InputPlan(_request((torch.ones(1, 3),), dynamic={"x": {0: batch}}))
     assert plan.examples[0].shape == (2, 3)
     assert plan.input_specs()[0]["min_shape"] == (1, 3)
     # A range that cannot exceed 1 is not dynamic at all.
-    plan = backend_module._InputPlan(_request((torch.ones(1, 3),), dynamic={"x": {0: Dim("one", 1, 1)}}))
+    plan = export_module.InputPlan(_request((torch.ones(1, 3),), dynamic={"x": {0: Dim("one", 1, 1)}}))
     assert plan.examples[0].shape == (1, 3) and plan.dynamic_shapes() is None
 
 
@@ -168,9 +169,9 @@ def test_flat_call_rebuilds_nested_arguments():
 
     x, y = torch.ones(1), torch.zeros(2)
     request = _request((x,), {"extra": {"b": [y]}, "flag": False})
-    plan = backend_module._InputPlan(request)
+    plan = export_module.InputPlan(request)
     assert plan.paths == ("x", "extra.b.0")
-    flat = backend_module._FlatCall(Echo(), backend_module._template(request.args, request.kwargs, ("x",)),
+    flat = export_module.FlatCall(Echo(), export_module.template(request.args, request.kwargs, ("x",)),
                                     plan.paths)
     out_x, extra, flag = flat(x, y)
     assert out_x is x and extra["b"][0] is y and flag is False
