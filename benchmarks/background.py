@@ -9,8 +9,8 @@ images at once. The figures, as one JSON line:
 - ``background_first_image_s``: the first image with ``wrap_pipeline(pipe, background=True)``, while
   the builds run beside it; ``background_first_vs_eager`` is its ratio to ``eager_image_s``;
 - ``background_images``: the per-image seconds of every image generated until the builds are done
-  (what requests see meanwhile) and ``background_ready_s``, seconds from wrapping until every build has
-  finished;
+  (what requests see meanwhile; the image whose call loads an artifact a build process wrote carries that
+  load) and ``background_ready_s``, seconds from wrapping until every artifact is in use;
 - ``compiled_image_s``: an image once the artifacts are swapped in.
 """
 
@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="full", choices=("full", "tiny"))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--max-wait", type=float, default=900.0, help="give up waiting for the builds after this")
+    parser.add_argument("--backend", default="auto", help="the runtime's backend setting (default: auto)")
+    parser.add_argument("--json", help="also write the figures to this file after every image (a run cut off "
+                                       "by a time limit keeps what it measured)")
     args = parser.parse_args(argv)
 
     import trt_runtime
@@ -53,27 +56,40 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
-    figures: dict[str, object] = {"case": args.case, "size": args.size, "device": str(device)}
+    figures: dict[str, object] = {"case": args.case, "size": args.size, "device": str(device),
+                                  "torch": torch.__version__, "trt_runtime": trt_runtime.__version__}
+    if device.type == "cuda":
+        figures["gpu"] = torch.cuda.get_device_name(device)
+
+    def record() -> None:
+        if args.json:
+            with open(args.json, "w") as out:
+                json.dump(figures, out)
+
     figures["eager_first_image_s"] = image()
     figures["eager_image_s"] = statistics.median([image(), image()])
-    runtime = trt_runtime.TensorRTRuntime(background=True)
+    runtime = trt_runtime.TensorRTRuntime(background=True, backend=args.backend)
+    figures["backend"] = args.backend
     wrapped_at = time.perf_counter()
     trt_runtime.wrap_pipeline(pipe, runtime=runtime)
     figures["background_first_image_s"] = image()
     figures["background_first_vs_eager"] = figures["background_first_image_s"] / figures["eager_image_s"]
-    images = [figures["background_first_image_s"]]
-    while time.perf_counter() - wrapped_at < args.max_wait:
-        totals = runtime.stats.totals()
-        pending = totals["compiling"] or any(
-            slot.state.value == "compiling"
-            for comp in trt_runtime.pipeline.wrapped_components(pipe).values() for slot in comp.slots.values())
-        if not pending:
-            break
+    images = figures["background_images"] = [figures["background_first_image_s"]]
+    record()
+
+    def pending() -> bool:  # a build running or queued, or an artifact waiting for the next call to load it
+        return any(slot.state.value in ("compiling", "stale") or slot.handover
+                   for comp in trt_runtime.pipeline.wrapped_components(pipe).values() for slot in comp.slots.values())
+
+    while pending() and time.perf_counter() - wrapped_at < args.max_wait:
         images.append(image())
+        record()
     figures["background_ready_s"] = time.perf_counter() - wrapped_at
-    figures["background_images"] = images
+    figures["background_max_image_s"] = max(images)
     figures["compiled_image_s"] = statistics.median([image(), image()])
     figures["totals"] = runtime.stats.totals()
+    figures["summary"] = runtime.summary()
+    record()
     print(json.dumps(figures))
     return 0
 

@@ -163,14 +163,17 @@ def test_a_diffusers_model_builds_in_a_separate_process_and_is_loaded(cache_dir,
 
     unet = tm.sd_unet().eval()
     rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
-    apply_unet(unet, runtime=rt)
+    wrapped = apply_unet(unet, runtime=rt)
     g = torch.Generator().manual_seed(0)
     x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 8, 32, generator=g)
     expected = unet(x, 10, ctx).sample
-    _wait_for(lambda: rt.stats.totals()["loads"] == 1, timeout=300)
-    torch.testing.assert_close(unet(x, 10, ctx).sample, expected)
+    slot = _handed_over(next(iter(wrapped.components.values())))
+    assert rt.stats.totals()["loads"] == 0, "the worker thread must not load (a trace beside running modules)"
+    assert threading.current_thread() is threading.main_thread()
+    torch.testing.assert_close(unet(x, 10, ctx).sample, expected)  # this call loads it, in this thread
     totals = rt.stats.totals()
     assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
+    assert slot.state.value == "ready" and not slot.handover
 
 
 def test_a_vae_decoder_builds_in_a_separate_process_from_its_vae(cache_dir, child_builds):
@@ -184,6 +187,53 @@ def test_a_vae_decoder_builds_in_a_separate_process_from_its_vae(cache_dir, chil
     assert can_build_in_process(wrapped.components["vae.decoder"])
     z = torch.randn(1, 4, 8, 8)
     expected = vae.decode(z).sample
-    _wait_for(lambda: rt.stats.totals()["loads"] == 1, timeout=300)
+    _handed_over(wrapped.components["vae.decoder"])
     torch.testing.assert_close(vae.decode(z).sample, expected)
-    assert rt.stats.totals()["compiles"] == 0 and doubles.SlowExport.builds == 0
+    totals = rt.stats.totals()
+    assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
+
+
+def _handed_over(comp):
+    """The one slot of ``comp``, once its background build handed the rest to the next call."""
+    slots = lambda: list(comp.slots.values())  # noqa: E731
+    _wait_for(lambda: any(slot.handover for slot in slots()), timeout=300)
+    (slot,) = slots()
+    assert slot.state.value == "eager" and "next call" in slot.error
+    return slot
+
+
+class _Tracing(doubles.SlowExport):
+    """A compiler that traces (like inductor or torch_tensorrt): it must never build in a worker thread."""
+
+    name = "slow_tracing"
+    builds_beside_calls = False
+    threads: list[str] = []
+
+    def compile(self, request):
+        type(self).threads.append(threading.current_thread().name)
+        return super().compile(request)
+
+
+def test_a_tracing_backend_never_builds_in_the_worker_thread(cache_dir, caplog):
+    """A module that cannot be rebuilt in a child process, under a backend that traces: the first call runs
+    eagerly, the worker hands over at once, and the next call builds in the caller's own thread, with one
+    warning that says why."""
+    register_backend(_Tracing.name, _Tracing)
+    try:
+        _Tracing.threads = []
+        rt = TensorRTRuntime(backend=_Tracing.name, cache_dir=cache_dir, background=True)
+        module = tiny_mlp()
+        w = TensorRTModule(module, runtime=rt, name="mlp")
+        x = torch.randn(2, 8)
+        with caplog.at_level("WARNING", logger="trt_runtime"):
+            torch.testing.assert_close(w(x), module(x))
+            _handed_over(w.component)
+        assert _Tracing.threads == [] and rt.stats.totals()["compiles"] == 0
+        assert sum("built in the calling thread" in r.getMessage() for r in caplog.records) == 1
+        torch.testing.assert_close(w(x), module(x))  # builds here
+        assert _Tracing.threads == [threading.current_thread().name]
+        assert rt.stats.totals()["compiles"] == 1
+        torch.testing.assert_close(w(x), module(x))
+        assert [slot.state.value for slot in w.component.slots.values()] == ["ready"]
+    finally:
+        unregister_backend(_Tracing.name)

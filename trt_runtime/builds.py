@@ -1,8 +1,9 @@
 """Background builds: one worker per device, a bounded queue, cancelled cleanly at exit.
 
 With ``RuntimeSettings.background`` a miss does not make its caller wait: the call runs eagerly, the
-build is queued here, and every call of that signature runs eagerly until the worker hands the
-artifact over (between calls: the runtime swaps a slot's callable in one step, never during a call).
+build is queued here, and every call of that signature runs eagerly until the worker hands over. The
+worker only waits for a build process (``build_process.py``) for compilers that trace; the next call then
+loads the entry in the caller's thread (``Backend.builds_beside_calls`` says why never in this thread).
 One build at a time per device by default, since two builds on one GPU compete for its memory and
 gain little; a full queue turns the request away and the signature asks again later.
 

@@ -4,8 +4,8 @@ This module is the thin facade that serves calls. Per call of a wrapped componen
 signature up in memory (a tuple hash: no weight hashing, no module walk) and does what the signature's
 state says (``state.py``): run the compiled callable, through CUDA graphs where safe (``graphs.py``), or
 run eagerly. A miss, a stale signature or a retry that is due goes to the resolver (``resolver.py``),
-in the caller's thread or, with ``background=True``, in a build worker (``builds.py``) while the caller
-runs eagerly. No lock is held while a build runs: other signatures, and other calls of the same
+in the caller's thread or, with ``background=True``, through a build worker (``builds.py``: a build process
+writes the entry, the caller's next call loads it) while the caller runs eagerly. No lock is held while a build runs: other signatures, and other calls of the same
 signature, keep running (eagerly, until the artifact is ready).
 """
 
@@ -179,6 +179,7 @@ class TensorRTRuntime:
         """Claim the signature (one resolution at a time), then resolve it here or in the background."""
         with comp.lock:
             claimed = comp.slots.get(sig) is slot and (slot is None or slot.due())
+            handover = False
             if claimed and slot is None and len(comp.slots) >= comp.settings.max_shapes_per_component:
                 comp.warn_once("too-many", "[%s] %d signatures compiled already (max_shapes_per_component); "
                                "new ones run eagerly", comp.name, len(comp.slots))
@@ -186,14 +187,15 @@ class TensorRTRuntime:
             elif claimed and slot is None:
                 slot = comp.slots[sig] = Slot()
             elif claimed:
-                slot.move(State.COMPILING)
+                handover = slot.handover
+                slot.move(State.COMPILING, handover=False)
             generation = comp.generation
         if not claimed:  # another thread claimed or moved it meanwhile, or the cap is reached
             current = comp.slots.get(sig)
             if current is not None and current.state is State.READY:
                 return self._run_ready(comp, sig, current, args, kwargs)
             return comp.eager(*args, **kwargs)
-        if comp.settings.background:
+        if comp.settings.background and not handover:
             return self._resolve_in_background(comp, sig, slot, generation, args, kwargs)
         try:
             result = self.resolver.resolve(comp, sig, args, kwargs, previous=slot)
@@ -230,8 +232,12 @@ class TensorRTRuntime:
             if ready_event is not None:
                 torch.cuda.current_stream().wait_event(ready_event)
             with builds.entered(modes):
-                if comp.settings.build_process and build_process.can_build_in_process(comp):
-                    build_process.build_in_child(comp, *example)  # writes the entry; the resolver then loads it
+                in_child = comp.settings.build_process and build_process.can_build_in_process(comp)
+                built = in_child and build_process.build_in_child(comp, *example)  # writes the entry
+                if built or not self.backend_for(comp.device, comp.settings).builds_beside_calls:
+                    if not build_queue.cancelled():
+                        self._hand_over(comp, slot, built, in_child)
+                    return
                 try:
                     result = self.resolver.resolve(comp, sig, *example, previous=slot, run_call=False)
                 except Exception as err:  # noqa: BLE001 - strict/configuration errors have no caller here
@@ -249,6 +255,24 @@ class TensorRTRuntime:
             with comp.lock:
                 slot.move(State.EAGER, error="build queue full", retry_at=time.monotonic() + _QUEUE_FULL_RETRY_S)
         return out
+
+    def _hand_over(self, comp: Component, slot: Slot, built: bool, in_child: bool) -> None:
+        """Leave the rest of a background build to the caller's thread: its next call of this signature
+        loads the entry a child process wrote, or builds it there. Never in this worker thread: a trace
+        beside the process's running modules can break them (``Backend.builds_beside_calls``)."""
+        if built:
+            reason = "built in a separate process; loaded by the next call"
+            logger.info("[%s] background build finished in a separate process; the next call loads it", comp.name)
+        else:
+            reason = "to be built by the next call, in the caller's thread"
+            why = ("its build process failed" if in_child else
+                   "it cannot be rebuilt in a separate process (only diffusers and transformers models without "
+                   "LoRA adapters or declared shape ranges, with a writable cache, can)")
+            comp.warn_once("background:thread", "[%s] background=True, but %s: it is built in the calling thread "
+                           "on its next call, since a compiler tracing in a thread beside running modules can "
+                           "break them", comp.name, why)
+        with comp.lock:
+            slot.move(State.EAGER, error=reason, retry_at=time.monotonic(), handover=True)
 
     def _apply(self, comp: Component, slot: Slot, result: Resolution, generation: int) -> None:
         """Move ``slot`` to what the resolver found (the one place a resolution changes a slot)."""

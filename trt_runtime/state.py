@@ -74,6 +74,9 @@ class Slot:
     """Compare the artifact with eager on its next resolution (it raised at run time before)."""
     graphs: bool | None = None
     """Whether this signature may replay through CUDA graphs (None: not decided yet)."""
+    handover: bool = False
+    """A background build finished elsewhere (a child process wrote the entry) or cannot run beside the
+    process's calls: the next call resolves this signature in the caller's thread, between its calls."""
     weights_version: int | None = None
     """For an artifact holding a copy of the weights: ``Component.weights_version()`` when it was made
     ready. A different value on a call means the weights were edited in place: the slot goes stale."""

@@ -34,6 +34,7 @@ class FailingBuild(Backend):
 
     name = "failing"
     builds = 0
+    builds_beside_calls = True  # traces nothing
 
     def compile(self, request: CompileRequest):
         type(self).builds += 1
@@ -112,6 +113,7 @@ class SlowExport(ExportBackend):
     name = "slow"
     builds = 0
     delay = 1.0
+    builds_beside_calls = True  # torch.export alone: make_fx's tracer runs other threads' module calls as they are
 
     def compile(self, request: CompileRequest):
         type(self).builds += 1

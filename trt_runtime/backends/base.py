@@ -56,6 +56,13 @@ class Backend(abc.ABC):
     """Settings fields that change what this backend produces; they enter the cache key."""
     persistent: ClassVar[bool] = True
     """Whether artifacts can be saved and loaded (eager has nothing to save)."""
+    builds_beside_calls: ClassVar[bool] = False
+    """Whether a build (or load) may run in a worker thread while other threads of the process run modules.
+    False for every compiler that traces (dynamo, inductor, torch.export, torch_tensorrt): while torch.fx
+    traces it patches ``nn.Module.__call__`` for the whole process, and a module called by another thread
+    in that window raises ``NameError: module is not installed as a submodule`` (seen on an H100: a
+    background build beside a generating pipeline). Background builds of such backends run in a child
+    process, or in the caller's thread between its calls."""
 
     def embeds_weights(self, settings: RuntimeSettings) -> bool:
         """Whether artifacts contain the weight values (TensorRT engines do). Only then do the values
