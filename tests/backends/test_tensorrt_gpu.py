@@ -24,9 +24,23 @@ def convnet(dtype=torch.float16) -> torch.nn.Module:
     ).eval().to("cuda", dtype)
 
 
+def _real_torch_tensorrt() -> str | None:
+    from importlib import metadata
+
+    for name in ("torch-tensorrt", "torch-tensorrt-rtx"):
+        try:
+            return f"{name} {metadata.version(name)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("version", ["2.11.0", "2.14.0"])
 def test_standin_on_cuda(version, standin, cache_dir):
+    if _real_torch_tensorrt():
+        pytest.skip(f"{_real_torch_tensorrt()} is installed: its package metadata names the flavour, and the "
+                    "stand-in is for machines without one (the tests marked tensorrt cover this machine)")
     trt = standin(version, real_cuda_probe=True)
     net = convnet()
     x = torch.randn(2, 4, 32, 32, device="cuda", dtype=torch.float16)

@@ -91,13 +91,16 @@ def test_engine_reloads_in_a_fresh_process_without_building(cache_dir):
             out = unet(x, 10, ctx).sample
         print(json.dumps({{"totals": rt.stats.totals(), "sum": float(out.float().sum())}}))
     """)
-    results = []
+    results, logs = [], []
+    env = dict(os.environ, TRT_RUNTIME_VERBOSITY="info")
     for _ in range(2):
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        logs.append("\n".join(line for line in done.stderr.splitlines() if "trt_runtime" in line)[-3000:])
     first, second = results
-    assert first["totals"]["compiles"] == 1 and second["totals"]["compiles"] == 0 and second["totals"]["loads"] == 1
+    assert first["totals"]["compiles"] == 1 and second["totals"]["compiles"] == 0 and second["totals"]["loads"] == 1, (
+        f"first process:\n{logs[0]}\nsecond process:\n{logs[1]}")
     assert second["sum"] == pytest.approx(first["sum"], rel=1e-3)
     _report(test="reload", first_s=first["totals"]["compile_seconds"], load_s=second["totals"]["load_seconds"])
 

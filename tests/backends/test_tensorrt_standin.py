@@ -8,6 +8,7 @@ TensorRT engine.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -199,3 +200,41 @@ def test_the_backend_switches_no_process_wide_cuda_graph_mode(standin, tmp_path)
     module = support.make_toy()
     torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=rt), 2), _eager(module, 2))
     assert not _calls(trt, "enable_cudagraphs") and not trt.runtime.get_cudagraphs_mode()
+
+
+def _fused_attention_module() -> torch.fx.GraphModule:
+    """A compiled program as TensorRT-RTX 1.4 left a UNet with 4-wide heads: the fused CUDA attention op in
+    a PyTorch submodule beside the engine (which torch.export cannot serialise)."""
+
+    def attention(q, k, v):
+        return torch.ops.aten._scaled_dot_product_flash_attention.default(q, k, v, scale=0.5)[0]
+
+    outer = torch.nn.Module()
+    outer.add_module("_run_on_gpu_0", torch.fx.symbolic_trace(attention))
+    return outer
+
+
+def test_attention_left_outside_the_engine_is_built_again_decomposed(standin, tmp_path, monkeypatch, caplog):
+    from trt_runtime.backends.tensorrt import attention_outside_engine
+
+    assert attention_outside_engine(_fused_attention_module()) == ["_scaled_dot_product_flash_attention_default"]
+    assert attention_outside_engine(torch.fx.symbolic_trace(torch.nn.Linear(2, 2))) == []
+    trt = standin("2.11.0")
+    real_compile = trt.dynamo.compile
+
+    @functools.wraps(real_compile)  # the backend reads the release's keywords from the signature
+    def compile_like_rtx(program, **kwargs):  # what the stand-in returns, plus the leftover attention
+        module = real_compile(program, **kwargs)
+        if not kwargs.get("decompose_attention"):
+            module.add_module("_run_on_gpu_0", _fused_attention_module())
+        return module
+
+    monkeypatch.setattr(trt.dynamo, "compile", compile_like_rtx)
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    module = support.make_toy()
+    with caplog.at_level("INFO", logger="trt_runtime"):
+        torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=rt), 2), _eager(module, 2))
+    first, second = _calls(trt, "compile")
+    assert "decompose_attention" not in first and second["decompose_attention"] is True
+    assert any("left outside the engine" in r.getMessage() for r in caplog.records)
+    assert rt.stats.totals()["compiles"] == 1 and list(tmp_path.glob("*/trt_program.pt2"))

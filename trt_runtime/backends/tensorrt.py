@@ -126,6 +126,16 @@ class TensorRTBackend(Backend):
         try:
             with build_target(flavour, request.settings.tensorrt_target):
                 graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
+                left = attention_outside_engine(graph_module)
+                if left and not kwargs.get("decompose_attention") and "decompose_attention" in _compile_keywords(
+                        torch_tensorrt):
+                    # Seen with TensorRT-RTX 1.4 on a UNet with 4-wide heads: the fused attention op stays in
+                    # PyTorch, and torch.export cannot serialise it, so the engine could never be cached.
+                    logger.info("[%s] %d attention op(s) were left outside the engine (%s); building again with "
+                                "decompose_attention=True so that the engine holds them and can be saved",
+                                request.component, len(left), ", ".join(left[:3]))
+                    kwargs["decompose_attention"] = True
+                    graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
         except Exception as err:
             raise EngineBuildError(
                 f"{api.name} could not build an engine: {type(err).__name__}: {err}",
@@ -244,6 +254,23 @@ def _tensorrt_version() -> str:
         except Exception:  # noqa: BLE001 - a version string is all we want
             return "unknown"
     return str(getattr(trt, "__version__", "unknown"))
+
+
+_FUSED_ATTENTION = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                    "_scaled_dot_product_cudnn_attention")
+
+
+def attention_outside_engine(graph_module: torch.nn.Module) -> list[str]:
+    """Names of the fused CUDA attention nodes that a compiled program runs in PyTorch (outside every
+    engine). ``torch.export`` cannot serialise them, so such a program can never be cached."""
+    found = []
+    for module in graph_module.modules():
+        graph = getattr(module, "graph", None)
+        if not isinstance(graph, torch.fx.Graph):
+            continue  # an engine module, or a plain module
+        found += [node.name for node in graph.nodes
+                  if node.op == "call_function" and any(name in str(node.target) for name in _FUSED_ATTENTION)]
+    return found
 
 
 def _compile_keywords(torch_tensorrt) -> frozenset[str]:
