@@ -278,3 +278,45 @@ def test_an_entry_we_cannot_delete_is_still_replaced(tmp_path, monkeypatch):
     cache.write(KEY, {"generation": 2}, fill_with(b"ours"))
     assert cache.read(KEY).meta["generation"] == 2
     assert cache.remove(KEY) and cache.read(KEY) is None
+
+
+def _fill_two(folder):
+    (folder / "engine.bin").write_bytes(b"0123456789" * 10)
+    (folder / "speedup.bin").write_bytes(b"kernels" * 10)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_optional_file_keeps_the_entry(tmp_path, damage, caplog):
+    """An optional file (TensorRT-RTX's runtime cache) only makes a load faster: without it the entry loads."""
+    cache = EngineCache(tmp_path)
+    entry = cache.write(KEY, {}, _fill_two, optional=frozenset({"speedup.bin"}))
+    assert entry.meta["files"]["speedup.bin"]["optional"] is True
+    assert "optional" not in entry.meta["files"]["engine.bin"]
+    extra = entry.path / "speedup.bin"
+    os.chmod(extra, 0o600)
+    if damage == "truncate":
+        extra.write_bytes(b"kern")
+    elif damage == "flip":
+        extra.write_bytes(b"K" + extra.read_bytes()[1:])
+    else:
+        extra.unlink()
+    with caplog.at_level("DEBUG", logger="trt_runtime"):
+        read = cache.read(KEY)
+    assert read is not None and read.status == READY
+    assert "optional file speedup.bin is not used" in caplog.text
+    assert not any(r.levelname == "WARNING" for r in caplog.records)
+    # the same damage to a file that is not optional loses the entry
+    os.chmod(entry.path / "engine.bin", 0o600)
+    (entry.path / "engine.bin").unlink()
+    assert cache.read(KEY) is None
+
+
+def test_optional_must_be_a_boolean_in_meta(tmp_path):
+    cache = EngineCache(tmp_path)
+    entry = cache.write(KEY, {}, _fill_two, optional=frozenset({"speedup.bin"}))
+    meta_file = entry.path / "meta.json"
+    os.chmod(meta_file, 0o600)
+    meta = json.loads(meta_file.read_text())
+    meta["files"]["speedup.bin"]["optional"] = "yes"
+    meta_file.write_text(json.dumps(meta))
+    assert cache.read(KEY) is None

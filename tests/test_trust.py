@@ -6,6 +6,7 @@ test that passes because nothing ever loads would fail its twin."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -222,3 +223,34 @@ def test_a_cache_reached_through_a_symlink_is_checked_and_loaded_where_it_really
     link.symlink_to(real)
     entry = EngineCache(link / "cache").read(KEY)
     assert entry.trust == "owner" and entry.path == real / "cache" / KEY  # not through the link
+
+
+def test_a_swapped_optional_file_of_a_signed_entry_is_left_out_of_the_private_copy(tmp_path):
+    """TensorRT-RTX reads its runtime cache: bytes the signature does not cover never reach a backend, and
+    losing them costs only the speedup, not the entry."""
+    cache = EngineCache(tmp_path / "cache", trust_key=SECRET)
+
+    def fill(folder):
+        (folder / "trt_program.pt2").write_bytes(b"program")
+        (folder / "trt_runtime_cache.bin").write_bytes(b"kernels")
+
+    cache.write(KEY, {}, fill, optional=frozenset({"trt_runtime_cache.bin"}))
+    chown_tree(cache.path_for(KEY), STRANGER)
+    entry = cache.read(KEY)
+    assert entry.trust == "signature" and entry.meta["files"]["trt_runtime_cache.bin"]["optional"] is True
+    (entry.path / "trt_runtime_cache.bin").write_bytes(b"hostile")  # same size, after the check
+    with cache.loading(entry) as folder:
+        assert (folder / "trt_program.pt2").read_bytes() == b"program"
+        assert not (folder / "trt_runtime_cache.bin").exists()
+
+
+def test_the_optional_mark_is_covered_by_the_signature(tmp_path):
+    cache = EngineCache(tmp_path / "cache", trust_key=SECRET)
+    cache.write(KEY, {}, fill_with(b"program", "trt_program.pt2"))
+    meta_file = cache.path_for(KEY) / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["files"]["trt_program.pt2"]["optional"] = True  # would let a damaged program pass the check
+    os.chmod(meta_file, 0o600)
+    meta_file.write_text(json.dumps(meta))
+    chown_tree(cache.path_for(KEY), STRANGER)
+    assert cache.read(KEY) is None

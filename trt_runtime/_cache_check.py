@@ -129,6 +129,8 @@ def validate_meta(meta: Any, key: str) -> str | None:
             return f"meta.json gives {name!r} an invalid size"
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             return f"meta.json gives {name!r} an invalid sha256"
+        if not isinstance(info.get("optional", False), bool):
+            return f"meta.json field 'optional' of {name!r} is not a boolean"
         unsafe = info.get("pt2_unsafe", [])
         if not isinstance(unsafe, list) or not all(isinstance(u, str) for u in unsafe):
             return f"meta.json field 'pt2_unsafe' of {name!r} is not a list of strings"
@@ -199,7 +201,9 @@ def _inspect_open(entry_fd, path, key, trust_key, root_reason, verify_checksum, 
         must_hash = verify_checksum or (how == "signature" and in_place)
         for name, info in meta["files"].items():
             problem = _check_file(entry_fd, name, info, must_hash)
-            if problem:
+            if problem and info.get("optional"):  # it only makes the load faster; the backend re-checks it
+                logger.debug("cache entry %s: optional file %s is not used: %s", path, name, problem.reason)
+            elif problem:
                 return None, problem
     entry = CacheEntry(key, path, meta, trust=how, in_place=in_place,
                        ident=(entry_st.st_dev, entry_st.st_ino), mtime=meta_st.st_mtime)
@@ -310,7 +314,13 @@ def private_copy(root_fd: int, entry: CacheEntry) -> Iterator[Path]:
             if entry.ident is not None and (st.st_dev, st.st_ino) != entry.ident:
                 raise CacheError("the entry was replaced after it was read; read it again", path=entry.path)
             for name, info in entry.meta["files"].items():
-                copy_verified(entry_fd, name, info, Path(tmp))
+                try:
+                    copy_verified(entry_fd, name, info, Path(tmp))
+                except (OSError, UntrustedEntryError) as err:
+                    if not info.get("optional"):
+                        raise
+                    (Path(tmp) / name).unlink(missing_ok=True)  # never hand over bytes the signature does not cover
+                    logger.debug("cache entry %s: optional file %s is not used: %s", entry.path, name, err)
         finally:
             os.close(entry_fd)
         yield Path(tmp)

@@ -99,9 +99,11 @@ def publish(cache: EngineCache, key: str, stage: Callable[[Path, int], dict[str,
         os.close(root_fd)
 
 
-def seal_files(cache: EngineCache, dir_fd: int, folder: Path, prefix: str = "") -> dict[str, dict[str, Any]]:
-    """Set the cache's modes on what a backend wrote and describe each file (size, sha256, pt2 records).
-    Refuses links and special files: an entry holds nothing but regular files and folders."""
+def seal_files(cache: EngineCache, dir_fd: int, folder: Path, prefix: str = "", *,
+               optional: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """Set the cache's modes on what a backend wrote and describe each file (size, sha256, pt2 records,
+    ``optional`` for those named in ``optional``). Refuses links and special files: an entry holds
+    nothing but regular files and folders."""
     files: dict[str, dict[str, Any]] = {}
     with os.scandir(dir_fd) as it:
         items = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
@@ -111,7 +113,7 @@ def seal_files(cache: EngineCache, dir_fd: int, folder: Path, prefix: str = "") 
             sub = fs.open_dir(name, dir_fd)
             try:
                 os.fchmod(sub, cache.dir_mode)
-                files.update(seal_files(cache, sub, folder, rel + "/"))
+                files.update(seal_files(cache, sub, folder, rel + "/", optional=optional))
             finally:
                 os.close(sub)
         elif stat.S_ISREG(st.st_mode) and rel != META_FILE:
@@ -123,6 +125,8 @@ def seal_files(cache: EngineCache, dir_fd: int, folder: Path, prefix: str = "") 
                 os.close(fd)
             if rel.endswith(".pt2"):
                 info["pt2_unsafe"] = pt2check.unsafe_records(folder / rel)
+            if rel in optional:
+                info["optional"] = True
             files[rel] = info
         else:
             raise CacheError(f"the backend wrote {rel}, which is not a regular file or folder; refusing to "

@@ -267,14 +267,17 @@ class EngineCache:
         finally:
             locks.release(fd)
 
-    def write(self, key: str, meta: dict[str, Any], fill: Callable[[Path], None]) -> CacheEntry:
-        """Publish a ready entry: ``fill(folder)`` writes the artifact files, then one rename.
+    def write(self, key: str, meta: dict[str, Any], fill: Callable[[Path], None], *,
+              optional: frozenset[str] = frozenset()) -> CacheEntry:
+        """Publish a ready entry: ``fill(folder)`` writes the artifact files, then one rename. Files named
+        in ``optional`` are sealed like the others and marked optional: a reader loads the entry without
+        one that is missing or damaged (``Backend.optional_files``).
 
         On any failure nothing is published, the staging folder is removed and ``CacheError`` raised
         (``ReadOnlyCacheError`` on a read-only cache). Signed when a trust key is configured."""
         def stage(folder: Path, folder_fd: int) -> dict[str, Any]:
             fill(folder)
-            files = seal_files(self, folder_fd, folder)
+            files = seal_files(self, folder_fd, folder, optional=optional)
             if not files:
                 raise CacheError("the backend wrote no artifact files", path=folder)
             return {**meta, "status": READY, "files": files}

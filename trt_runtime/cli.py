@@ -153,6 +153,8 @@ def cmd_env(args) -> int:
             backend.check_available(device)
             versions = ", ".join(f"{k} {v}" for k, v in backend.versions().items())
             print(f"backend {name}: available {versions}")
+            for note in backend.notes():
+                print(f"  {note}")
         except (BackendUnavailableError, ImportError) as err:
             print(f"backend {name}: unavailable: {getattr(err, 'message', err)}")
     return 0

@@ -316,7 +316,8 @@ class _Job:
             logger.debug("[%s] saving the artifact", comp.name, extra=event("phase", comp.name, phase="save"))
             try:
                 with _phase(self.phases, "save"):
-                    entry = self.cache.write(self.key, meta, lambda folder: self._save(fn, folder))
+                    entry = self.cache.write(self.key, meta, lambda folder: self._save(fn, folder),
+                                             optional=self.backend.optional_files)
                 where = f"saved to {entry.path}"
             except CacheError as err:
                 if isinstance(err.__cause__, _SaveFailed):  # the backend's serializer, not the disk

@@ -83,6 +83,8 @@ def main(cache_dir: str, case: str) -> None:
         "output": out.tolist(),
         "calls": [name for name, _ in torch_tensorrt.CALLS],
         "plugin_inits": len(tensorrt.PLUGIN_INITS),
+        "runtime_caches": [kw for name, kw in torch_tensorrt.CALLS if name == "RuntimeCache"],
+        "runtime_cache_loads": [kw["bytes"].hex() for name, kw in torch_tensorrt.CALLS if name == "runtime_cache_load"],
     }))
 
 

@@ -252,3 +252,86 @@ def test_standin_matches_the_release(wheel):
 
 def test_wheel_is_cached(wheel):
     assert Path(wheel.path).stat().st_size > 1_000_000
+
+
+def _class(source: str, name: str) -> ast.ClassDef:
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            return node
+    raise AssertionError(f"no class {name}")
+
+
+def _python_sources_mentioning(wheel, needle: str) -> set[str]:
+    names = [n for n in wheel._zip.namelist() if n.startswith("torch_tensorrt/") and n.endswith(".py")]
+    return {n.removeprefix("torch_tensorrt/") for n in names if needle in wheel._zip.read(n).decode("utf-8")}
+
+
+def test_runtime_cache_trait_matches_the_release(wheel):
+    """Where the table says how a release keeps TensorRT-RTX's JIT kernels, the wheel agrees."""
+    api = _api(wheel)
+    compile_keywords = _keyword_names(_function(wheel.read("dynamo/_compiler.py"), "compile"))
+    runtime_api = "RuntimeCache" in wheel.read("runtime/__init__.py")
+    exporter = wheel.read("dynamo/_exporter.py")
+    # What a saved program holds: the C++ engine object as an attribute, read by tensorrt::execute_engine
+    assert "setattr(gm, engine_name, trt_module.engine)" in exporter
+    assert "torch.ops.tensorrt.execute_engine.default" in exporter
+    if wheel.flavour == "tensorrt":
+        assert api.runtime_cache == api_table.NO_RUNTIME_CACHE
+        if runtime_api:  # same Python sources, but datacenter TensorRT has no IRuntimeConfig to take it
+            assert "if not ENABLED_FEATURES.tensorrt_rtx:" in wheel.read("runtime/_runtime_config.py")
+    elif api.runtime_cache == api_table.NO_RUNTIME_CACHE:
+        assert not _python_sources_mentioning(wheel, "runtime_cache")
+        assert "runtime_cache_path" not in compile_keywords and not runtime_api
+    elif api.runtime_cache == api_table.PYTHON_RUNTIME_ONLY:
+        assert "runtime_cache_path" in compile_keywords and not runtime_api
+        readers = _python_sources_mentioning(wheel, "runtime_cache")
+        assert "dynamo/runtime/_PythonTorchTensorRTModule.py" in readers
+        assert "dynamo/runtime/_TorchTensorRTModule.py" not in readers  # the C++ runtime's module ignores it
+    else:
+        assert api.runtime_cache == api_table.RUNTIME_SETTINGS
+        assert "runtime_cache_path" not in compile_keywords and runtime_api
+        _check_runtime_cache_api(wheel)
+
+
+def _check_runtime_cache_api(wheel):
+    """Every name ``_tensorrt_rtcache`` uses, with the signature it uses."""
+    cache_source = wheel.read("runtime/_runtime_cache.py")
+    cache_cls = _class(cache_source, "RuntimeCache")
+    init = next(n for n in cache_cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    assert [a.arg for a in init.args.args] == ["self", "path", "autosave_on_del"]
+    methods = {n.name for n in cache_cls.body if isinstance(n, ast.FunctionDef)}
+    assert {"load_from_stream", "save_to_stream"} <= methods
+    assert [a.arg for a in _function(cache_source, "_to_torchbind_handle").args.args] == ["rc"]
+    init_src = ast.unparse(init)
+    assert "autosave_on_del" in init_src and "_register_atexit_autosave" in init_src  # why we pass no path
+
+    config_source = wheel.read("runtime/_runtime_config.py")
+    maps = {n.target.id: ast.literal_eval(n.value) for n in ast.parse(config_source).body
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.target.id.endswith("_MAP")}
+    assert maps["_DYNAMIC_SHAPES_KERNEL_STRATEGY_MAP"]["lazy"] == 0
+    assert maps["_CUDA_GRAPH_STRATEGY_MAP"]["disabled"] == 0
+    settings = _class(config_source, "RuntimeSettings")
+    fields = {n.target.id for n in settings.body if isinstance(n, ast.AnnAssign)}
+    assert {"dynamic_shapes_kernel_specialization_strategy", "cuda_graph_strategy", "runtime_cache"} <= fields
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "merge" for n in settings.body)
+
+    module_source = wheel.read("dynamo/runtime/_TorchTensorRTModule.py")
+    module = _class(module_source, "TorchTensorRTModule")
+    setters = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "runtime_settings"
+               and any(ast.unparse(d) == "runtime_settings.setter" for d in n.decorator_list)]
+    assert setters, "TorchTensorRTModule.runtime_settings has no setter"
+    send = ast.unparse(_method(module_source, "TorchTensorRTModule", "_send_to_engine"))
+    calls = [n for n in ast.walk(ast.parse(send)) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Attribute) and n.func.attr == "update_runtime_settings"]
+    # the Python TRTEngine takes the settings object, the C++ Engine (strategy, cuda graph strategy, handle)
+    assert sorted(len(c.args) for c in calls) == [1, 3]
+    assert "_to_torchbind_handle(rs.runtime_cache)" in send
+    engine = _method(wheel.read("dynamo/runtime/_TRTEngine.py"), "TRTEngine", "update_runtime_settings")
+    assert [a.arg for a in engine.args.args] == ["self", "new_settings"]
+
+
+def test_standin_runtime_cache_follows_the_table(standin):
+    for version in ("2.11.0", "2.12.1", "2.13.0", "2.14.0"):
+        trt = standin(version, flavour="tensorrt-rtx")
+        api = api_table.api_for(version, "tensorrt-rtx")
+        assert hasattr(trt.runtime, "RuntimeCache") is (api.runtime_cache == api_table.RUNTIME_SETTINGS)

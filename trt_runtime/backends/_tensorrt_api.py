@@ -28,6 +28,20 @@ Evidence for the table (paths inside the torch-tensorrt wheels from PyPI):
   which needs neither example inputs nor ``dynamic_shapes``; ``retrace=True`` re-exports and needs
   both for dynamic shapes. ``torch_tensorrt.runtime.enable_cudagraphs(module)`` exists in all four
   (2.13 adds a keyword-only ``cuda_graph_strategy`` for TensorRT-RTX, unused here).
+
+Runtime cache (``TensorRTApi.runtime_cache``): TensorRT-RTX compiles kernels just in time when an engine
+runs in a process, and its ``IRuntimeCache`` keeps them for the next process. Read from the wheels:
+
+- 2.11.0: no runtime cache anywhere (Python sources and ``libtorchtrt_runtime.so``).
+- 2.12.x: a compile setting ``runtime_cache_path`` (``dynamo/_settings.py``, ``_compiler.py``), read only
+  by ``PythonTorchTensorRTModule`` (``use_python_runtime=True``). A saved program runs on the C++
+  runtime (``torch.ops.tensorrt.execute_engine`` with a ``torch.classes.tensorrt.Engine``), whose
+  library has no runtime cache in this release: a cached entry cannot use it (PYTHON_RUNTIME_ONLY).
+- 2.13.0 / 2.14.0: ``torch_tensorrt.runtime.RuntimeCache`` and ``RuntimeSettings(runtime_cache=...)``;
+  the C++ ``Engine`` takes ``update_runtime_settings(strategy, cuda_graph_strategy, cache_handle)``,
+  which is how trt_runtime reaches the engines of a loaded program (RUNTIME_SETTINGS).
+- Datacenter TensorRT builds complete engines ahead of time; the same Python API exists in those wheels
+  but is ignored (``RuntimeSettings`` is "only honored on TRT-RTX builds"): NO_RUNTIME_CACHE.
 """
 
 from __future__ import annotations
@@ -64,12 +78,24 @@ __all__ = [
     "precision_kwargs",
     "input_kwargs",
     "check_extra_options",
+    "NO_RUNTIME_CACHE",
+    "PYTHON_RUNTIME_ONLY",
+    "RUNTIME_SETTINGS",
+    "warm_start_note",
 ]
 
 WEAK_TYPING = "weak_typing"
 """Ask for a lower precision with ``enabled_precisions={dtype}`` and ``use_explicit_typing=False``."""
 AUTOCAST = "autocast"
 """Ask for a lower precision with ``enable_autocast=True`` and ``autocast_low_precision_type=dtype``."""
+
+NO_RUNTIME_CACHE = "none"
+"""No runtime cache: every process JIT-compiles the kernels of a loaded engine again (TensorRT-RTX)."""
+PYTHON_RUNTIME_ONLY = "python-runtime-only"
+"""A ``runtime_cache_path`` compile setting that only the Python runtime reads; saved programs run on the
+C++ runtime, so cached entries cannot use it."""
+RUNTIME_SETTINGS = "runtime-settings"
+"""``torch_tensorrt.runtime.RuntimeCache`` attached to the engines: trt_runtime stores it in the entry."""
 
 INSTALL_HINT = ('install it with: pip install "trt-runtime[tensorrt]" (datacenter TensorRT) or '
                 '"trt-runtime[tensorrt-rtx]" (TensorRT-RTX)')
@@ -106,6 +132,8 @@ class TensorRTApi:
     """Whether a constant attention bias (a text encoder's causal mask, T5's position bias) converts: in
     2.11-2.13 the fused-attention converters pass it to ``add_cast`` as a torch tensor and the build fails
     with a TypeError, so for modules with such a bias trt_runtime asks for ``decompose_attention=True``."""
+    runtime_cache: str = NO_RUNTIME_CACHE
+    """How this release keeps TensorRT-RTX's just-in-time kernels across processes (module docstring)."""
 
     @property
     def name(self) -> str:
@@ -126,10 +154,12 @@ _TABLE: dict[tuple[str, tuple[int, int]], TensorRTApi] = {
     (TENSORRT, (2, 13)): TensorRTApi((2, 13), "11.0", AUTOCAST, _REMOVED_IN_2_13, attention_bias_fixed=False),
     (TENSORRT, (2, 14)): TensorRTApi((2, 14), "11.1", AUTOCAST, _REMOVED_IN_2_13),
     (TENSORRT_RTX, (2, 11)): TensorRTApi((2, 11), "1.3", AUTOCAST, flavour=TENSORRT_RTX, attention_bias_fixed=False),
-    (TENSORRT_RTX, (2, 12)): TensorRTApi((2, 12), "1.4", AUTOCAST, flavour=TENSORRT_RTX, attention_bias_fixed=False),
+    (TENSORRT_RTX, (2, 12)): TensorRTApi((2, 12), "1.4", AUTOCAST, flavour=TENSORRT_RTX, attention_bias_fixed=False,
+                                         runtime_cache=PYTHON_RUNTIME_ONLY),
     (TENSORRT_RTX, (2, 13)): TensorRTApi((2, 13), "1.5", AUTOCAST, _REMOVED_IN_2_13, flavour=TENSORRT_RTX,
-                                         attention_bias_fixed=False),
-    (TENSORRT_RTX, (2, 14)): TensorRTApi((2, 14), "1.6", AUTOCAST, _REMOVED_IN_2_13, flavour=TENSORRT_RTX),
+                                         attention_bias_fixed=False, runtime_cache=RUNTIME_SETTINGS),
+    (TENSORRT_RTX, (2, 14)): TensorRTApi((2, 14), "1.6", AUTOCAST, _REMOVED_IN_2_13, flavour=TENSORRT_RTX,
+                                         runtime_cache=RUNTIME_SETTINGS),
 }
 
 SUPPORTED_RANGE = (min(series for _, series in _TABLE), max(series for _, series in _TABLE))
@@ -195,6 +225,21 @@ def api_for(version: str, flavour: str = TENSORRT) -> TensorRTApi:
             hint=f'install a supported release: pip install "{distribution}>=2.11,<2.15"',
         )
     return api
+
+
+def warm_start_note(api: TensorRTApi, version: str | None = None) -> str:
+    """One plain sentence on what a fresh process loading a cached engine of this release pays."""
+    name = f"{DISTRIBUTIONS[api.flavour]} {version or '.'.join(map(str, api.series))}"
+    if api.flavour != TENSORRT_RTX:
+        return f"warm start: {name} loads complete engines (no just-in-time compilation, no runtime cache)"
+    if api.runtime_cache == RUNTIME_SETTINGS:
+        return (f"warm start: {name} keeps TensorRT-RTX's runtime cache in each cache entry; a new process "
+                "loads it and skips the just-in-time kernel compilation")
+    if api.runtime_cache == PYTHON_RUNTIME_ONLY:
+        return (f"warm start: {name} has a runtime cache only for its Python runtime, which saved programs do "
+                "not use; each new process JIT-compiles the kernels again (2.13+ keeps them)")
+    return (f"warm start: {name} has no runtime cache; each new process JIT-compiles the kernels of a "
+            "cached engine again (2.13+ keeps them)")
 
 
 def precision_kwargs(api: TensorRTApi, precision: str, module_dtype: torch.dtype | None) -> dict[str, Any]:

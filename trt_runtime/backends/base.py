@@ -63,6 +63,10 @@ class Backend(abc.ABC):
     in that window raises ``NameError: module is not installed as a submodule`` (seen on an H100: a
     background build beside a generating pipeline). Background builds of such backends run in a child
     process, or in the caller's thread between its calls."""
+    optional_files: ClassVar[frozenset[str]] = frozenset()
+    """Files ``save`` may write that only make a load faster (TensorRT-RTX's runtime cache): sealed and
+    signed like the others, but an entry whose optional file is missing or damaged still loads, without
+    it. ``load`` must cope with their absence."""
 
     def embeds_weights(self, settings: RuntimeSettings) -> bool:
         """Whether artifacts contain the weight values (TensorRT engines do). Only then do the values
@@ -91,6 +95,10 @@ class Backend(abc.ABC):
     def artifact_meta(self, compiled: Callable[..., Any]) -> dict[str, Any]:
         """Readable facts about an artifact for its ``meta.json`` (``trt-runtime cache info`` shows them)."""
         return {}
+
+    def notes(self) -> list[str]:
+        """Plain sentences for ``trt-runtime env`` about what this backend's installed release can do."""
+        return []
 
     def versions(self) -> dict[str, str]:
         """Library versions that make an artifact valid (they enter the cache key)."""

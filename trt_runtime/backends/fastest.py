@@ -54,6 +54,7 @@ class FastestBackend(Backend):
         self._backends = {name: get_backend(name) for name in self.candidates}
         self._available: dict[str, dict[str, Backend]] = {}
         self.artifact_fields = frozenset().union(*(b.artifact_fields for b in self._backends.values()))
+        self.optional_files = frozenset().union(*(b.optional_files for b in self._backends.values()))
 
     def _usable(self, device: torch.device | None) -> dict[str, Backend]:
         tag = str(device)

@@ -29,6 +29,7 @@ from ..calls import iter_tensors, precision_of
 from ..errors import BackendUnavailableError, EngineBuildError
 from ..logging_utils import event
 from . import _tensorrt_api as api_table
+from . import _tensorrt_rtcache as rtcache
 from ._tensorrt_build import build_target, engine_error_hint
 from ._tensorrt_export import InputPlan
 from .base import Backend, CompileRequest
@@ -59,6 +60,8 @@ def cuda_unavailable_reason(device: torch.device | None) -> str | None:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    optional_files = frozenset({rtcache.RUNTIME_CACHE_FILE})
+    """TensorRT-RTX's runtime cache (``_tensorrt_rtcache``): without it a load JIT-compiles again."""
     artifact_fields = frozenset(
         {
             "precision",
@@ -92,6 +95,10 @@ class TensorRTBackend(Backend):
 
     def can_refit(self, settings) -> bool:
         return settings.refittable
+
+    def notes(self):
+        _, version = _import_torch_tensorrt()
+        return [api_table.warm_start_note(api_table.api_for(version, _flavour()), version)]
 
     def versions(self):
         _, version = _import_torch_tensorrt()
@@ -146,7 +153,9 @@ class TensorRTBackend(Backend):
             ) from err
         finally:
             _restore_device(request, device_before)
-        return _EngineCall(graph_module, plan.paths, request.names)
+        # the first call, run before the entry is saved, fills the runtime cache with its JIT kernels
+        cache = _runtime_cache(torch_tensorrt, api, version, graph_module, None, request.component)
+        return _EngineCall(graph_module, plan.paths, request.names, cache)
 
     def refit(self, compiled, request: CompileRequest):
         """The engine with the module's current weights: ``refit_module_weights`` re-exports the module and
@@ -157,26 +166,40 @@ class TensorRTBackend(Backend):
         plan = InputPlan(request)
         program = plan.export(request)
         graph_module = torch_tensorrt.dynamo.refit_module_weights(compiled.graph_module, program, in_place=False)
-        return _EngineCall(graph_module, compiled.paths, request.names)
+        if compiled.runtime_cache is not None:
+            rtcache.attach(torch_tensorrt, graph_module, compiled.runtime_cache)
+        return _EngineCall(graph_module, compiled.paths, request.names, compiled.runtime_cache)
 
     def save(self, compiled, request: CompileRequest, directory: Path) -> None:
         if not isinstance(compiled, _EngineCall):
             raise TypeError(f"expected a callable made by the tensorrt backend, got {type(compiled).__name__}")
         torch_tensorrt, version = _import_torch_tensorrt()
         torch_tensorrt.save(compiled.graph_module, str(directory / ARTIFACT), **api_table.SAVE_KWARGS)
-        meta = {"paths": list(compiled.paths), "torch_tensorrt": version}
+        meta: dict[str, Any] = {"paths": list(compiled.paths), "torch_tensorrt": version}
+        if compiled.runtime_cache is not None:
+            data = rtcache.serialize(compiled.runtime_cache)
+            if data:
+                (directory / rtcache.RUNTIME_CACHE_FILE).write_bytes(data)
+                meta["runtime_cache"] = rtcache.record(data)
+            logger.debug("[%s] TensorRT-RTX runtime cache: %d bytes saved with the entry", request.component,
+                         len(data))
         (directory / INPUTS_FILE).write_text(json.dumps(meta, indent=1))
         logger.debug("[%s] saved TensorRT program to %s", request.component, directory / ARTIFACT)
 
     def load(self, request: CompileRequest, directory: Path):
-        _import_torch_tensorrt()  # registers the engine class and ops the program refers to
+        torch_tensorrt, version = _import_torch_tensorrt()  # registers the engine class and ops of the program
         _init_plugins()
         saved = json.loads((directory / INPUTS_FILE).read_text())
         paths = [path for path, _ in iter_tensors(request.args, request.kwargs, request.names)]
         if saved.get("paths") != paths:
             raise ValueError(f"artifact inputs {saved.get('paths')} do not match this call's {paths}")
         graph_module = torch.export.load(str(directory / ARTIFACT)).module()
-        return _EngineCall(graph_module, paths, request.names)
+        api = api_table.api_for(version, _flavour())
+        data = None
+        if api.runtime_cache == api_table.RUNTIME_SETTINGS:  # read now: the folder may go when load returns
+            data = rtcache.read_verified(directory, saved.get("runtime_cache"), request.component)
+        cache = _runtime_cache(torch_tensorrt, api, version, graph_module, data, request.component)
+        return _EngineCall(graph_module, paths, request.names, cache)
 
 
 class _EngineCall:
@@ -185,16 +208,37 @@ class _EngineCall:
     The hot path is one walk over the arguments; the program itself checks shapes against its guards.
     """
 
-    def __init__(self, graph_module: torch.nn.Module, paths, names: tuple[str, ...]) -> None:
+    def __init__(self, graph_module: torch.nn.Module, paths, names: tuple[str, ...], runtime_cache: Any = None) -> None:
         self.graph_module = graph_module
         self.paths = tuple(paths)
         self.names = names
+        self.runtime_cache = runtime_cache
+        """TensorRT-RTX's ``RuntimeCache`` attached to the engines (None where the release has none)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tensors = [tensor for _, tensor in iter_tensors(args, kwargs, self.names)]
         if len(tensors) != len(self.paths):
             raise TypeError(f"expected {len(self.paths)} tensors ({', '.join(self.paths)}), got {len(tensors)}")
         return self.graph_module(*tensors)
+
+
+def _runtime_cache(torch_tensorrt, api, version: str, graph_module, data: bytes | None, component: str):
+    """A ``RuntimeCache`` primed with ``data`` and attached to ``graph_module``'s engines, where the release
+    has one (None elsewhere, or when no engine takes it: the engines then JIT-compile, as without it)."""
+    if api.runtime_cache != api_table.RUNTIME_SETTINGS:
+        if api.flavour == api_table.TENSORRT_RTX:
+            logger.debug("[%s] %s", component, api_table.warm_start_note(api, version))
+        return None
+    try:
+        cache = rtcache.new_cache(torch_tensorrt, data)
+        attached = rtcache.attach(torch_tensorrt, graph_module, cache)
+    except Exception as err:  # noqa: BLE001 - a runtime cache only saves time
+        logger.debug("[%s] no TensorRT-RTX runtime cache (%s: %s); kernels compile just in time", component,
+                     type(err).__name__, err)
+        return None
+    logger.debug("[%s] TensorRT-RTX runtime cache (%s) attached to %d engine(s)", component,
+                 f"{len(data)} bytes from the entry" if data else "empty", attached)
+    return cache if attached else None
 
 
 def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:

@@ -40,7 +40,9 @@ def compile(exported_program, inputs=None, **kwargs):  # noqa: A001 - the publis
     from .conversion._TRTInterpreter import TRTInterpreter
 
     TRTInterpreter().run()  # the builder config, as the real interpreter makes it
-    module = exported_program.module()
+    from ..runtime._engines import add_engine
+
+    module = add_engine(exported_program.module())
     module._standin_program = exported_program
     if kwargs.get("offload_module_to_cpu"):
         module.to("cpu")
@@ -56,7 +58,9 @@ def refit_module_weights(compiled_module, new_weight_module, arg_inputs=None, kw
         raise TypeError("new_weight_module must be an ExportedProgram")
     if in_place:
         raise AssertionError("in_place=True is not supported for a program loaded from disk")
-    module = new_weight_module.module()
+    from ..runtime._engines import add_engine
+
+    module = add_engine(new_weight_module.module())
     module._standin_program = new_weight_module
     return module
 

@@ -32,3 +32,8 @@ def enable_cudagraphs(compiled_module):
     """Same positional signature as 2.11-2.14 (2.13+ add a keyword-only ``cuda_graph_strategy``)."""
     _root.CALLS.append(("enable_cudagraphs", {"module": type(compiled_module).__name__}))
     return _CudagraphsContext(compiled_module)
+
+
+if _root.SERIES >= (2, 13):  # the runtime cache API of torch-tensorrt(-rtx) 2.13+
+    from ._runtime_cache import RuntimeCache, _to_torchbind_handle  # noqa: E402,F401
+    from ._runtime_config import RuntimeSettings  # noqa: E402,F401
