@@ -104,12 +104,13 @@ def test_a_full_queue_runs_eagerly_and_asks_again_later(cache_dir):
 
 
 def test_shutdown_drops_pending_builds(cache_dir):
-    doubles.SlowExport.delay = 1.0
     rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
     w = TensorRTModule(tiny_mlp(), runtime=rt, name="mlp")
+    doubles.SlowExport.delay = 3.0
     for batch in (1, 2, 3):
         w(torch.randn(batch, 8))
-    builds.shutdown_all(wait_s=10)
+    _wait_for(lambda: doubles.SlowExport.builds == 1)  # the first build is running (on a loaded CI machine the
+    builds.shutdown_all(wait_s=10)                     # worker may not even have taken it yet at this point)
     assert doubles.SlowExport.builds == 1, "queued builds must not start after shutdown"
     # the build that was running finishes (its artifact may reach the disk for the next process) but is
     # not swapped into a process that is shutting down
