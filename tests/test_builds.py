@@ -88,12 +88,14 @@ def test_the_callers_error_is_raised_and_nothing_is_queued(cache_dir):
 
 
 def test_a_full_queue_runs_eagerly_and_asks_again_later(cache_dir):
-    doubles.SlowExport.delay = 1.5
+    doubles.SlowExport.delay = 3.0
     rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True, max_pending_builds=1)
     module = tiny_mlp()
     w = TensorRTModule(module, runtime=rt, name="mlp")
     xs = [torch.randn(batch, 8) for batch in (1, 2, 3)]
-    for x in xs:  # 1 builds, 2 waits in the queue, 3 finds it full
+    torch.testing.assert_close(w(xs[0]), module(xs[0]))
+    _wait_for(lambda: doubles.SlowExport.builds == 1)  # 1 builds (the worker holds it: the queue is empty again)
+    for x in xs[1:]:  # 2 waits in the queue, 3 finds it full
         torch.testing.assert_close(w(x), module(x))
     states = sorted(slot.state.value for slot in w.component.slots.values())
     assert states == ["compiling", "compiling", "eager"]
