@@ -5,8 +5,9 @@ signature up in memory (a tuple hash: no weight hashing, no module walk) and doe
 state says (``state.py``): run the compiled callable, through CUDA graphs where safe (``graphs.py``), or
 run eagerly. A miss, a stale signature or a retry that is due goes to the resolver (``resolver.py``),
 in the caller's thread or, with ``background=True``, through a build worker (``builds.py``: a build process
-writes the entry, the caller's next call loads it) while the caller runs eagerly. No lock is held while a build runs: other signatures, and other calls of the same
-signature, keep running (eagerly, until the artifact is ready).
+writes the entry, the caller's next call loads it) while the caller runs eagerly. No lock is held while a
+build runs: other signatures, and other calls of the same signature, keep running (eagerly, until the
+artifact is ready).
 """
 
 from __future__ import annotations
@@ -218,6 +219,11 @@ class TensorRTRuntime:
         except BaseException:
             self._forget(comp, sig, slot)
             raise
+        in_child = comp.settings.build_process and build_process.can_build_in_process(comp)
+        beside = self.backend_for(comp.device, comp.settings).builds_beside_calls
+        if not (in_child or beside):  # nothing the worker may do: the next call builds it, in this thread
+            self._hand_over(comp, slot, built=False, in_child=False)
+            return out
         example = builds.clone_call(args, kwargs)
         ready_event = None
         if comp.device is not None and comp.device.type == "cuda":
@@ -232,9 +238,8 @@ class TensorRTRuntime:
             if ready_event is not None:
                 torch.cuda.current_stream().wait_event(ready_event)
             with builds.entered(modes):
-                in_child = comp.settings.build_process and build_process.can_build_in_process(comp)
                 built = in_child and build_process.build_in_child(comp, *example)  # writes the entry
-                if built or not self.backend_for(comp.device, comp.settings).builds_beside_calls:
+                if built or not beside:
                     if not build_queue.cancelled():
                         self._hand_over(comp, slot, built, in_child)
                     return
