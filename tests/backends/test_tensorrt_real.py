@@ -18,15 +18,31 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from tests.support import tiny_models as tm
-from trt_runtime import TensorRTModule, TensorRTRuntime
-from trt_runtime.pipeline import wrap_pipeline, wrapped_components
+from trt_runtime import Dim, TensorRTModule, TensorRTRuntime
+from trt_runtime.pipeline import unwrap_pipeline, wrap_pipeline, wrapped_components
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = dict(prompt="a red lighthouse", height=64, width=64)
+
+
+def _image(px: int = 64, seed: int = 0) -> Image.Image:
+    return Image.fromarray((np.random.RandomState(seed).rand(px, px, 3) * 255).astype("uint8"))
+
+
+def _hunyuan_inputs() -> dict:
+    """HunyuanVideo takes prompt embeddings (its prompt template needs a Llama tokenizer, which cannot be
+    written from the tiny vocabulary); the Llama encoder is covered by ``test_text_encoders_convert``."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.ones(1, 6, dtype=torch.int64, device="cuda")
+    mask[:, 4:] = 0
+    return dict(prompt_embeds=torch.randn(1, 6, 16, generator=g).to("cuda", torch.float16),
+                pooled_prompt_embeds=torch.randn(1, 8, generator=g).to("cuda", torch.float16),
+                prompt_attention_mask=mask, height=16, width=16, num_frames=5)
 
 # name: (pipeline builder, call arguments, components that must convert on every supported release)
 FAMILIES = {
@@ -37,6 +53,9 @@ FAMILIES = {
                    {"unet", "controlnet"}),
     "sd3": (tm.sd3_pipeline, SIZE, {"transformer"}),
     "flux": (tm.flux_pipeline, dict(max_sequence_length=16, **SIZE), {"transformer"}),
+    "img2img": (lambda: tm.sd_pipeline("StableDiffusionImg2ImgPipeline"),
+                dict(prompt="a red lighthouse", image=_image(), strength=0.9), {"unet", "vae.encoder", "vae.decoder"}),
+    "hunyuan_video": (tm.hunyuan_video_pipeline, None, {"transformer", "vae.decoder"}),
 }
 
 
@@ -49,13 +68,14 @@ def _report(**row) -> None:
 
 def _images(pipe, inputs) -> np.ndarray:
     out = pipe(**inputs, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np")
-    return np.asarray(out.images)
+    return np.asarray(out.images if hasattr(out, "images") else out.frames)
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_converts_and_matches_eager(family, cache_dir):
     build, inputs, must_convert = FAMILIES[family]
+    inputs = inputs if inputs is not None else _hunyuan_inputs()
     pipe = build().to("cuda", torch.float16)
     reference = _images(pipe, inputs)
     runtime = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir)
@@ -163,3 +183,67 @@ def test_unconvertible_module_falls_back_with_a_reason(cache_dir):
     (row,) = rt.stats.rows()
     _report(test="fallback", state=row.state, error=row.error)
     assert row.state == "failed" and row.error
+
+
+@torch.no_grad()
+def test_declared_range_serves_several_resolutions_with_one_engine(cache_dir):
+    """``wrap_pipeline(resolutions=..., batch_sizes=...)``: one engine per component (an optimization profile
+    over the range) serves three sizes and two batches, each image matching eager's; a new runtime loads them."""
+    pipe = tm.sd_pipeline().to("cuda", torch.float16)
+    cases = [(32, 1), (48, 2), (40, 1)]  # the SD pipeline takes sizes in steps of 8 px
+
+    def generate(px: int, batch: int) -> np.ndarray:
+        return _images(pipe, dict(prompt=["a red lighthouse"] * batch, height=px, width=px))
+
+    want = {case: generate(*case) for case in cases}
+    runtime = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir, strict=True)
+    wrap_pipeline(pipe, runtime=runtime, resolutions=(32, 48), batch_sizes=(1, 2))
+    differences = {}
+    for case in cases:
+        differences[case] = float(np.abs(generate(*case).astype(np.float64) - want[case].astype(np.float64)).max())
+    compiles = {row.component: row.compiles for row in runtime.stats.rows() if row.compiles}
+    _report(test="declared_range", compiles=compiles, differences={f"{p}px x{b}": d for (p, b), d in differences.items()},
+            totals=runtime.stats.totals())
+    assert compiles == {"unet": 1, "vae.decoder": 1}, compiles
+    assert runtime.stats.totals()["fallbacks"] == 0
+    assert max(differences.values()) < 0.1, differences
+
+    unwrap_pipeline(pipe)
+    again = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir, strict=True)
+    wrap_pipeline(pipe, runtime=again, resolutions=(32, 48), batch_sizes=(1, 2))
+    generate(40, 2)
+    totals = again.stats.totals()
+    assert (totals["compiles"], totals["loads"], totals["fallbacks"]) == (0, 2, 0), totals
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["clip", "t5", "llama"])
+def test_text_encoders_convert(kind, cache_dir):
+    """CLIP, T5 and the Llama encoder of HunyuanVideo/FramePack, with a declared range of sequence lengths
+    (Llama prompts vary in length): one engine for lengths 6 and 12, hidden states matching eager's."""
+    from trt_runtime.modules.text_encoders import apply_text_encoder
+
+    model = {"clip": tm.clip_text_encoder, "t5": tm.t5_encoder, "llama": tm.llama_encoder}[kind]()
+    model = model.to("cuda", torch.float16).eval()
+    length = Dim("tokens", 4, 16)
+    shapes = {"input_ids": {1: length}, "attention_mask": {1: length}}
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for n in (6, 12):
+        ids = torch.randint(2, 60, (2, n), generator=g)
+        ids[:, -1] = 1
+        mask = torch.ones(2, n, dtype=torch.int64)
+        mask[-1, -2:] = 0
+        batches.append((ids.cuda(), mask.cuda()))
+    extra = {"use_cache": False} if kind == "llama" else {}
+    want = [model(ids, attention_mask=mask, output_hidden_states=True, **extra).hidden_states[-2]
+            for ids, mask in batches]
+    runtime = TensorRTRuntime(backend="tensorrt", cache_dir=cache_dir, strict=True)
+    apply_text_encoder(model, runtime=runtime, name=kind, shapes=shapes)
+    got = [model(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2] for ids, mask in batches]
+    errors = [float((a.float() - b.float()).abs().max()) for a, b in zip(got, want, strict=True)]
+    _report(test="text_encoder", kind=kind, errors=errors, totals=runtime.stats.totals(),
+            phases=[r.phases for r in runtime.stats.rows()])
+    assert runtime.stats.totals()["compiles"] == 1
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
