@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="full", choices=("full", "tiny"))
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float16")
+    parser.add_argument("--settings", default="{}", help="runtime settings as JSON (the cold process's)")
     args = parser.parse_args(argv)
 
     import trt_runtime
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     module = build_case(case, args.size, device, dtype)
     inputs = case.inputs(args.size, device, dtype)
     build_s = time.perf_counter() - start
-    runtime = trt_runtime.TensorRTRuntime()
+    settings = {k: v for k, v in json.loads(args.settings).items() if k != "cache_dir"}
+    runtime = trt_runtime.TensorRTRuntime(**settings)
     case.wrap(module, runtime)
     loading = _time_artifact_loading()
     start = time.perf_counter()

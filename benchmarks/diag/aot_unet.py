@@ -30,6 +30,7 @@ faulthandler.enable()
 
 
 DEVICE = torch.device("cuda")
+INFERENCE_MODE = False
 
 
 def _sync() -> None:
@@ -153,8 +154,12 @@ def raw_load(directory: Path, size: str) -> dict:
     return report
 
 
-@torch.no_grad()
 def runtime(directory: Path, size: str) -> dict:
+    with torch.inference_mode() if INFERENCE_MODE else torch.no_grad():
+        return _runtime(directory, size)
+
+
+def _runtime(directory: Path, size: str) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("trt_runtime").setLevel(logging.DEBUG)
     from trt_runtime import TensorRTRuntime
@@ -165,7 +170,7 @@ def runtime(directory: Path, size: str) -> dict:
     reference = _sample(unet(**inputs)).clone()
     rt = TensorRTRuntime(backend="inductor", cache_dir=str(directory), inductor_precompile=True)
     apply_unet(unet, runtime=rt)
-    report: dict = {"step": "runtime"}
+    report: dict = {"step": "runtime", "inference_mode": INFERENCE_MODE}
     t0 = time.perf_counter()
     out = unet(**inputs)
     _sync()
@@ -187,9 +192,10 @@ def main() -> None:
     parser.add_argument("directory", type=Path)
     parser.add_argument("--size", default="full", choices=["full", "tiny"])
     parser.add_argument("--device", default="cuda", help="cpu: a smoke test of the script itself")
+    parser.add_argument("--inference-mode", action="store_true", help="runtime step under torch.inference_mode")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = torch.device(args.device)
+    global DEVICE, INFERENCE_MODE
+    DEVICE, INFERENCE_MODE = torch.device(args.device), args.inference_mode
     args.directory.mkdir(parents=True, exist_ok=True)
     step = {"raw-save": raw_save, "raw-load": raw_load, "runtime": runtime}[args.step]
     try:
