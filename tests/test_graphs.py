@@ -25,7 +25,8 @@ class CpuGraph(CapturedGraph):
         return fn(*self.static_args, **self.static_kwargs).clone()
 
     def _launch(self):
-        self.outputs.copy_(self.fn(*self.static_args, **self.static_kwargs))
+        with torch.inference_mode():  # a replay writes the graph's memory whatever kind its tensors are
+            self.outputs.copy_(self.fn(*self.static_args, **self.static_kwargs))
 
     def _wait(self):
         pass
@@ -126,3 +127,41 @@ def test_forced_graphs_say_once_why_they_cannot_run(export_backend, cache_dir, c
         w(torch.randn(batch, 8))
     messages = [r.getMessage() for r in caplog.records if "cuda_graphs=True" in r.getMessage()]
     assert len(messages) == 1 and "not on a CUDA device" in messages[0]
+
+
+def test_graph_inputs_keep_the_calls_inference_mode_kind():
+    """Inputs made outside ``torch.inference_mode`` and a call inside it (the benchmark's way, and many
+    servers'): the graph's input buffers must be normal tensors like the call's, or a compiled function's
+    guards (which check dispatch keys) refuse them: an ahead-of-time function then ran without a graph on
+    the GPU, and plain torch.compile recompiled. Calls made with inference tensors get graphs of their own."""
+
+    class GuardsLikeDynamo(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = tiny_mlp()
+            self.expected: bool | None = None
+
+        def forward(self, x):
+            if self.expected is None:
+                self.expected = x.is_inference()
+            if x.is_inference() != self.expected:
+                raise RuntimeError("GuardManager check failed: dispatch key set mismatch")
+            return self.mlp(x)
+
+    module = GuardsLikeDynamo()
+    cache = GraphCache("mlp", capacity=4, capture_after=1, graph_type=CpuGraph)
+    x, y = torch.randn(2, 8), torch.randn(2, 8)  # normal tensors (the autouse fixture's no_grad is not inference mode)
+    with torch.inference_mode():
+        module(x)
+        out, captured = cache.run("sig", module, (x,), {})
+        again, replayed = cache.run("sig", module, (y,), {})
+        assert captured and not replayed and CpuGraph.captures == 1 and len(cache) == 1
+        torch.testing.assert_close(out, module.mlp(x))
+        torch.testing.assert_close(again, module.mlp(y))
+        made_inside = torch.randn(2, 8)  # an inference tensor: not the same guard, not the same graph
+        other, captured = cache.run("sig", GuardsLikeDynamo(), (made_inside,), {})
+    assert captured and len(cache) == 2
+    x2 = torch.randn(2, 8)
+    replayed, captured = cache.run("sig", module, (x2,), {})  # outside inference mode: the first graph again
+    assert not captured and CpuGraph.captures == 2
+    torch.testing.assert_close(replayed, module.mlp(x2))

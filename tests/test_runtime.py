@@ -180,6 +180,19 @@ def test_validation_rejects_a_wrong_artifact(cache_dir):
     assert not torch.allclose(w2(x), module2(x))
 
 
+def test_validation_runs_eager_without_cudnn_autotuning(export_backend, cache_dir, monkeypatch):
+    """The eager reference runs once: cudnn.benchmark would autotune every convolution first (seconds on a
+    warm start, which validation is part of). The user's setting is back afterwards."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    seen = []
+    rt, module, w = wrapped("export", cache_dir, validate=True)
+    module.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(w(x), module(x))
+    assert rt.stats.rows()[0].state == "ready"
+    assert False in seen and torch.backends.cudnn.benchmark is True
+
+
 def test_eager_errors_propagate_untouched(export_backend, cache_dir):
     rt, module, w = wrapped("export", cache_dir)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):

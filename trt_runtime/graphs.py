@@ -54,8 +54,9 @@ def unsafe_reason(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) 
 
 
 def layout_of(args: tuple, kwargs: dict[str, Any]) -> tuple:
-    """Exact shapes, strides and dtypes of a call's tensors: one graph per layout."""
-    return tuple((tuple(t.shape), t.stride(), t.dtype) for _, t in iter_tensors(args, kwargs))
+    """Exact shapes, strides and dtypes of a call's tensors, and whether each is an inference tensor (a
+    compiled function's guards check that too): one graph per layout."""
+    return tuple((tuple(t.shape), t.stride(), t.dtype, t.is_inference()) for _, t in iter_tensors(args, kwargs))
 
 
 class _Graph:
@@ -67,7 +68,8 @@ class _Graph:
     receives clones of them."""
 
     def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any], pool: Any) -> None:
-        self.static_args, self.static_kwargs = _clone_tensors((args, kwargs))
+        self.static_args, self.static_kwargs = torch.utils._pytree.tree_map_only(
+            torch.Tensor, _static_copy, (args, kwargs))
         self.inputs = [t for _, t in iter_tensors(self.static_args, self.static_kwargs)]
         self.lock = threading.Lock()
         self.outputs = self._capture(fn, pool)
@@ -97,8 +99,9 @@ class _Graph:
     def replay(self, args: tuple, kwargs: dict[str, Any]) -> Any:
         with self.lock:
             self._wait()
-            for static, (_, value) in zip(self.inputs, iter_tensors(args, kwargs), strict=True):
-                static.copy_(value)
+            with torch.inference_mode():  # in-place copies into normal and inference tensors alike
+                for static, (_, value) in zip(self.inputs, iter_tensors(args, kwargs), strict=True):
+                    static.copy_(value)
             self._launch()
             out = _clone_tensors(self.outputs)
             self._record()
@@ -107,6 +110,15 @@ class _Graph:
 
 CapturedGraph = _Graph
 """The graph type ``GraphCache`` captures by default (public so a CPU stand-in can subclass it)."""
+
+
+def _static_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A graph's input buffer: a clone that is an inference tensor exactly when the call's tensor is one.
+    Inside ``torch.inference_mode`` a plain clone would always be one, and a compiled function's guards
+    check the dispatch keys: an ahead-of-time function then refuses the buffer (no graph), and dynamo
+    recompiles the module for it."""
+    with torch.inference_mode(tensor.is_inference()):
+        return tensor.clone()
 
 
 def _clone_tensors(tree: Any) -> Any:

@@ -341,7 +341,7 @@ class _Job:
     def _validate(self, output: Any) -> bool:
         comp = self.comp
         logger.debug("[%s] validating against eager", comp.name, extra=event("phase", comp.name, phase="validate"))
-        with _phase(self.phases, "validate"):
+        with _phase(self.phases, "validate"), _no_cudnn_autotuning():
             reference = self._call(comp.eager)
             tolerance = comp.settings.tolerance or default_tolerance(comp.precision)
             error = relative_error(output, reference)
@@ -385,3 +385,13 @@ class _Job:
 
 class _SaveFailed(RuntimeError):
     """A backend could not serialize an artifact it built (told apart from a full or read-only disk)."""
+
+
+def _no_cudnn_autotuning() -> Any:
+    """The eager reference of a validation runs once: with ``cudnn.benchmark`` on it would autotune every
+    convolution first (seconds for a UNet, on the warm start it exists to shorten). Other flags are kept."""
+    cudnn = torch.backends.cudnn
+    if not cudnn.benchmark:
+        return contextlib.nullcontext()
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
+                       allow_tf32=cudnn.allow_tf32)

@@ -98,13 +98,13 @@ class RuntimeSettings:
     # --- inductor (torch.compile) ----------------------------------------------------------------------
     inductor_mode: str | None = None
     fullgraph: bool = True
-    inductor_precompile: bool = False
+    inductor_precompile: bool = True
     """Store inductor artifacts compiled ahead of time (``torch.compile(...).aot_compile``), so that a new
     process loads them without dynamo re-tracing the module; where that cannot be done (dynamic dims,
     ``inductor_mode``, autocast, channels-last, an older torch) torch's cache artifacts are stored instead.
-    Off by default: measured warm start 8.6% of cold on a CPU and a new process loading a small convnet
-    on an H200, but with the full SD1.5 UNet under torch 2.11 on the GPU no CUDA graph could be captured
-    around it and a new process compiled again (2026-11-26, ``benchmarks/results/2026-11-26-h200``)."""
+    On by default since 2026-11-26: the SD1.5 UNet's warm start on an H100 fell from 21% of the cold first
+    call to 8% (4.5 of 59 s, ``benchmarks/results/2026-11-26c-h100``). A call whose global state the
+    function was not compiled for (deterministic algorithms, for example) runs eagerly, with a warning."""
     inductor_options: Mapping[str, Any] | None = None
     """Extra ``torch._inductor.config`` options passed as ``torch.compile(options=...)``."""
 

@@ -203,3 +203,52 @@ def test_precompiled_artifacts_load_in_a_new_process_without_tracing(tmp_path):
     assert cold["totals"]["compiles"] == 1 and "inductor_aot.bin" in cold["files"] and "kernels" in cold["files"]
     assert warm["totals"]["loads"] == 1 and warm["totals"]["compiles"] == 0
     assert cold["err"] < 1e-5 and warm["err"] < 1e-5
+
+
+def test_precompiled_function_serves_inference_and_normal_tensors():
+    """An ahead-of-time function's guards check dispatch keys, which differ between tensors made inside
+    ``torch.inference_mode`` and normal ones: compiled with one kind and called with the other, it refused
+    the call (on the GPU every CUDA graph capture under inference_mode failed that way). Calls of either
+    kind now reach the same compiled function."""
+    from trt_runtime.backends import _inductor_aot as aot
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+    with torch.inference_mode():
+        made_inside = torch.randn(2, 8)
+        call = aot.compile_aot(module, (made_inside,), {}, None, cpu=True)
+        torch.testing.assert_close(call(made_inside), module(made_inside))
+    normal = torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(call(normal), module(normal))
+    with torch.inference_mode():
+        torch.testing.assert_close(call(normal), module(normal))
+        torch.testing.assert_close(call(torch.ones(2, 8)), module(torch.ones(2, 8)))
+
+
+def test_a_call_the_precompiled_guards_refuse_runs_eagerly_and_the_entry_stays_ready(cache_dir, caplog):
+    """Global state outside the key (here deterministic algorithms) fails the ahead-of-time function's guards:
+    that call runs eagerly with one warning, and calls in the compiled-for state use the function again
+    (before, the entry was marked failed and every later call ran eagerly)."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir, inductor_precompile=True)
+    wrapped = TensorRTModule(module, runtime=rt, name="mlp")
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        wrapped(x)
+        (slot,) = wrapped.component.slots.values()
+        assert type(slot.fn).__name__ == "AotCall"
+        calls = []
+        original = slot.fn.compiled
+        slot.fn.compiled = lambda *a, **k: calls.append(1) or original(*a, **k)
+        torch.use_deterministic_algorithms(True)
+        try:
+            with caplog.at_level("WARNING", logger="trt_runtime"):
+                torch.testing.assert_close(wrapped(x), module(x))
+                torch.testing.assert_close(wrapped(x), module(x))
+        finally:
+            torch.use_deterministic_algorithms(False)
+        torch.testing.assert_close(wrapped(x), module(x))
+    assert sum("does not accept this call" in r.getMessage() for r in caplog.records) == 1
+    assert len(calls) == 3 and rt.stats.rows()[0].state == "ready" and rt.stats.totals()["fallbacks"] == 0

@@ -238,3 +238,75 @@ def test_attention_left_outside_the_engine_is_built_again_decomposed(standin, tm
     assert "decompose_attention" not in first and second["decompose_attention"] is True
     assert any("left outside the engine" in r.getMessage() for r in caplog.records)
     assert rt.stats.totals()["compiles"] == 1 and list(tmp_path.glob("*/trt_program.pt2"))
+
+
+def test_outputs_come_back_in_the_modules_dtypes(standin, tmp_path, monkeypatch):
+    """A strongly typed engine may infer another type for an output than the module returns (TensorRT-RTX
+    gave a float32 hidden state for an fp16 T5 on the GPU): the caller gets the module's dtype, also from an
+    engine loaded by a new runtime (the dtypes are saved with the entry)."""
+    trt = standin("2.14.0")
+    real_compile = trt.dynamo.compile
+
+    class Float64Engine(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.double(), self.inner(*args))
+
+    @functools.wraps(real_compile)
+    def compile_with_wider_outputs(program, **kwargs):
+        module = real_compile(program, **kwargs)
+        wrapped = Float64Engine(module)
+        wrapped._standin_program = module._standin_program  # what the stand-in's save writes
+        return wrapped
+
+    monkeypatch.setattr(trt.dynamo, "compile", compile_with_wider_outputs)
+    module = support.make_toy()
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    out = _run(trt_runtime.TensorRTModule(module, runtime=rt), 2)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, _eager(module, 2))
+    (saved,) = [json.loads(p.read_text()) for p in tmp_path.glob("*/trt_inputs.json")]
+    assert set(saved["output_dtypes"]) == {"torch.float32"}
+
+    from trt_runtime.backends.tensorrt import _EngineCall
+
+    call = _EngineCall(Float64Engine(lambda x: (x, x * 2)), ["x"], (), None, saved["output_dtypes"][:1] * 2)
+    first, second = call(torch.ones(2))
+    assert first.dtype == second.dtype == torch.float32
+
+
+def test_constant_attention_bias_failure_is_built_again_decomposed(standin, tmp_path, caplog):
+    """The add_cast TypeError of 2.11-2.13's fused-attention converters (a constant attention bias made
+    inside the module, as HunyuanVideo's video VAE makes its causal mask; seen on the GPU) is built again
+    with decompose_attention=True, once; any other TypeError is a failed build."""
+    trt = standin("2.11.0")
+    real_compile = trt.dynamo.compile
+    failures = {"add_cast(): incompatible function arguments. Invoked with: tensor([[0., -inf]])": 1}
+
+    @functools.wraps(real_compile)
+    def compile_like_rtx(program, **kwargs):
+        if not kwargs.get("decompose_attention"):
+            for message, left in failures.items():
+                if left:
+                    raise TypeError(message)
+        return real_compile(program, **kwargs)
+
+    trt.dynamo.compile = compile_like_rtx
+    try:
+        rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+        module = support.make_toy()
+        with caplog.at_level("INFO", logger="trt_runtime"):
+            torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=rt), 2), _eager(module, 2))
+        assert any("constant attention bias" in r.getMessage() for r in caplog.records)
+        failures.clear()
+        failures["unsupported operand type(s)"] = 1
+        other = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path / "other")
+        torch.testing.assert_close(_run(trt_runtime.TensorRTModule(support.make_toy(), runtime=other), 2),
+                                   _eager(module, 2))
+        (row,) = other.stats.rows()
+        assert row.state == "failed" and "unsupported operand" in row.error
+    finally:
+        trt.dynamo.compile = real_compile

@@ -27,6 +27,7 @@ code: only trusted cache entries reach it (``cache.py``'s trust model).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -76,9 +77,63 @@ class AotCall:
         self.module = module
         self.kernels = kernels or []
         """Inductor cache files (relative paths) this compile added: stored with a CPU artifact."""
+        self._reported: set[str] = set()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.compiled(self.module, *args, **kwargs)
+        normal_args, normal_kwargs = normal_tensors((args, kwargs))
+        with canonical_mode():
+            try:
+                return self.compiled(self.module, *normal_args, **normal_kwargs)
+            except RuntimeError as err:
+                if not str(err).startswith(_GUARD_FAILURE):
+                    raise
+                reason = _guard_reason(str(err))
+        # A guard outside the key failed (global state such as deterministic algorithms): this call runs
+        # eagerly; the function stays, and calls in the state it was compiled for use it again.
+        if reason not in self._reported:
+            self._reported.add(reason)
+            logger.warning("an ahead-of-time compiled function does not accept this call (%s); such calls run "
+                           "eagerly. Set inductor_precompile=False to compile for each state instead", reason)
+        return self.module(*args, **kwargs)
+
+
+_GUARD_FAILURE = "GuardManager check failed"
+
+
+def _guard_reason(message: str) -> str:
+    """The failed guard's own words from torch's message (its ``verbose_code_parts``), else the first line."""
+    start = message.find("verbose_code_parts=")
+    if start >= 0:
+        return message[start + len("verbose_code_parts="):].split("\n")[0].strip(" [],'\"")[:200]
+    return message.splitlines()[0][:200]
+
+
+def canonical_mode() -> contextlib.ExitStack:
+    """The one autograd mode every ahead-of-time function is compiled and called in: ``no_grad`` outside
+    ``inference_mode``. Its guards check dispatch keys, which differ between ``inference_mode`` (the
+    ``build`` command, servers) and ``no_grad`` (diffusers pipelines); compiled in one and called in the other
+    it refused every call. Outputs are then normal tensors, which both modes can use."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode(False))
+    stack.enter_context(torch.no_grad())
+    return stack
+
+
+def normal_tensors(tree: Any) -> Any:
+    """The call's tensors as normal (not inference) tensors, for the same guards: an inference tensor (made
+    inside ``torch.inference_mode``) has other dispatch keys than a normal one. The copy is of the inputs only
+    (latents, embeddings), and under a CUDA graph it is part of the replay."""
+    tensors = [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+    if not any(t.is_inference() for t in tensors):
+        return tree
+
+    def normal(tensor: torch.Tensor) -> torch.Tensor:
+        if not tensor.is_inference():
+            return tensor
+        with torch.inference_mode(False):
+            return tensor.clone()
+
+    return torch.utils._pytree.tree_map_only(torch.Tensor, normal, tree)
 
 
 def compile_aot(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], options: dict[str, Any] | None,
@@ -86,7 +141,8 @@ def compile_aot(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], op
     """Compile ``module`` for this one call, ahead of time (raises where torch cannot). On a CPU, notes
     which kernel files the compile added to inductor's cache folder."""
     before = _kernel_files() if cpu else set()
-    with torch._dynamo.config.patch(enable_aot_compile=True):
+    args, kwargs = normal_tensors((tuple(args), dict(kwargs)))
+    with torch._dynamo.config.patch(enable_aot_compile=True), canonical_mode():
         compiled = torch.compile(_run, fullgraph=True, dynamic=False,
                                  options={"guard_filter_fn": _serializable_guards, **(options or {})})
         call = AotCall(compiled.aot_compile(((module, *args), dict(kwargs))), module)

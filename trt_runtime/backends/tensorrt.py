@@ -132,10 +132,23 @@ class TensorRTBackend(Backend):
         device_before = _first_device(request.module)
         try:
             with build_target(flavour, request.settings.tensorrt_target):
-                graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
+                can_decompose = not kwargs.get("decompose_attention") and "decompose_attention" in _compile_keywords(
+                    torch_tensorrt)
+                try:
+                    graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
+                except TypeError as err:
+                    if not (can_decompose and "add_cast" in str(err)):
+                        raise
+                    # A constant attention bias (a causal mask built inside the module: HunyuanVideo's video
+                    # VAE) reaches the fused-attention converter as a torch tensor (2.11-2.13): decomposed,
+                    # the attention converts.
+                    logger.info("[%s] the fused attention converter could not take a constant attention bias "
+                                "(add_cast TypeError); building again with decompose_attention=True",
+                                request.component)
+                    kwargs["decompose_attention"], can_decompose = True, False
+                    graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
                 left = attention_outside_engine(graph_module)
-                if left and not kwargs.get("decompose_attention") and "decompose_attention" in _compile_keywords(
-                        torch_tensorrt):
+                if left and can_decompose:
                     # Seen with TensorRT-RTX 1.4 on a UNet with 4-wide heads: the fused attention op stays in
                     # PyTorch, and torch.export cannot serialise it, so the engine could never be cached.
                     logger.info("[%s] %d attention op(s) were left outside the engine (%s); building again with "
@@ -155,7 +168,7 @@ class TensorRTBackend(Backend):
             _restore_device(request, device_before)
         # the first call, run before the entry is saved, fills the runtime cache with its JIT kernels
         cache = _runtime_cache(torch_tensorrt, api, version, graph_module, None, request.component)
-        return _EngineCall(graph_module, plan.paths, request.names, cache)
+        return _EngineCall(graph_module, plan.paths, request.names, cache, output_dtypes(program))
 
     def refit(self, compiled, request: CompileRequest):
         """The engine with the module's current weights: ``refit_module_weights`` re-exports the module and
@@ -168,14 +181,15 @@ class TensorRTBackend(Backend):
         graph_module = torch_tensorrt.dynamo.refit_module_weights(compiled.graph_module, program, in_place=False)
         if compiled.runtime_cache is not None:
             rtcache.attach(torch_tensorrt, graph_module, compiled.runtime_cache)
-        return _EngineCall(graph_module, compiled.paths, request.names, compiled.runtime_cache)
+        return _EngineCall(graph_module, compiled.paths, request.names, compiled.runtime_cache, compiled.out_dtypes)
 
     def save(self, compiled, request: CompileRequest, directory: Path) -> None:
         if not isinstance(compiled, _EngineCall):
             raise TypeError(f"expected a callable made by the tensorrt backend, got {type(compiled).__name__}")
         torch_tensorrt, version = _import_torch_tensorrt()
         torch_tensorrt.save(compiled.graph_module, str(directory / ARTIFACT), **api_table.SAVE_KWARGS)
-        meta: dict[str, Any] = {"paths": list(compiled.paths), "torch_tensorrt": version}
+        meta: dict[str, Any] = {"paths": list(compiled.paths), "torch_tensorrt": version,
+                                "output_dtypes": compiled.out_dtypes}
         if compiled.runtime_cache is not None:
             data = rtcache.serialize(compiled.runtime_cache)
             if data:
@@ -199,27 +213,65 @@ class TensorRTBackend(Backend):
         if api.runtime_cache == api_table.RUNTIME_SETTINGS:  # read now: the folder may go when load returns
             data = rtcache.read_verified(directory, saved.get("runtime_cache"), request.component)
         cache = _runtime_cache(torch_tensorrt, api, version, graph_module, data, request.component)
-        return _EngineCall(graph_module, paths, request.names, cache)
+        return _EngineCall(graph_module, paths, request.names, cache, saved.get("output_dtypes"))
 
 
 class _EngineCall:
     """Calls a compiled (or loaded) program with one call's tensors, in the order they were exported.
 
     The hot path is one walk over the arguments; the program itself checks shapes against its guards.
+    Outputs come back in the dtypes the module returns: a strongly typed engine may infer another type for
+    an output than the exported program (TensorRT-RTX returned a float32 hidden state of an fp16 T5), and
+    pipelines must see eager's types. Where the first call shows no difference, later calls skip the check.
     """
 
-    def __init__(self, graph_module: torch.nn.Module, paths, names: tuple[str, ...], runtime_cache: Any = None) -> None:
+    def __init__(self, graph_module: torch.nn.Module, paths, names: tuple[str, ...], runtime_cache: Any = None,
+                 out_dtypes: list[str | None] | None = None) -> None:
         self.graph_module = graph_module
         self.paths = tuple(paths)
         self.names = names
         self.runtime_cache = runtime_cache
         """TensorRT-RTX's ``RuntimeCache`` attached to the engines (None where the release has none)."""
+        self.out_dtypes = out_dtypes
+        """The exported program's output dtypes, flattened (None: not a tensor); saved with the entry."""
+        self._cast: list[torch.dtype | None] | None = None if out_dtypes is None else [
+            getattr(torch, name.removeprefix("torch.")) if name else None for name in out_dtypes]
+        self._checked = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tensors = [tensor for _, tensor in iter_tensors(args, kwargs, self.names)]
         if len(tensors) != len(self.paths):
             raise TypeError(f"expected {len(self.paths)} tensors ({', '.join(self.paths)}), got {len(tensors)}")
-        return self.graph_module(*tensors)
+        out = self.graph_module(*tensors)
+        return out if self._cast is None else self._restore_dtypes(out)
+
+    def _restore_dtypes(self, out: Any) -> Any:
+        leaves, spec = torch.utils._pytree.tree_flatten(out)
+        if len(leaves) != len(self._cast or ()):
+            return out
+        wrong = [i for i, (leaf, want) in enumerate(zip(leaves, self._cast, strict=True))
+                 if want is not None and isinstance(leaf, torch.Tensor) and leaf.dtype != want]
+        if not self._checked:
+            self._checked = True
+            if not wrong:
+                self._cast = None  # the engine returns the module's types: nothing to do from now on
+                return out
+            logger.debug("engine outputs %s come back as %s; cast to the module's %s", wrong,
+                         [leaves[i].dtype for i in wrong], [self._cast[i] for i in wrong])
+        for i in wrong:
+            leaves[i] = leaves[i].to(self._cast[i])
+        return torch.utils._pytree.tree_unflatten(leaves, spec)
+
+
+def output_dtypes(program: Any) -> list[str | None] | None:
+    """The dtypes of an exported program's outputs, in flattened order (None where not a tensor), or None
+    where the program does not say."""
+    try:
+        (node,) = [n for n in program.graph.nodes if n.op == "output"]
+        values = [getattr(arg, "meta", {}).get("val") for arg in node.args[0]]
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return [str(v.dtype) if isinstance(v, torch.Tensor) else None for v in values]
 
 
 def _runtime_cache(torch_tensorrt, api, version: str, graph_module, data: bytes | None, component: str):
