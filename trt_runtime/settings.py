@@ -103,7 +103,7 @@ class RuntimeSettings:
     process loads them without dynamo re-tracing the module; where that cannot be done (dynamic dims,
     ``inductor_mode``, autocast, channels-last, an older torch) torch's cache artifacts are stored instead.
     On by default since 2026-11-26: the SD1.5 UNet's warm start on an H100 fell from 21% of the cold first
-    call to 8% (4.5 of 59 s, ``benchmarks/results/2026-11-26c-h100``). A call whose global state the
+    call to 8% (4.5 of 59 s, ``benchmarks/results/2026-11-26c``). A call whose global state the
     function was not compiled for (deterministic algorithms, for example) runs eagerly, with a warning."""
     inductor_options: Mapping[str, Any] | None = None
     """Extra ``torch._inductor.config`` options passed as ``torch.compile(options=...)``."""
