@@ -165,3 +165,8 @@ def test_graph_inputs_keep_the_calls_inference_mode_kind():
     replayed, captured = cache.run("sig", module, (x2,), {})  # outside inference mode: the first graph again
     assert not captured and CpuGraph.captures == 2
     torch.testing.assert_close(replayed, module.mlp(x2))
+    # an inference tensor kept from earlier, replayed outside inference mode: its graph's buffers are inference
+    # tensors, which only an in-place copy inside inference mode may write
+    replayed, captured = cache.run("sig", module, (made_inside,), {})
+    assert not captured and CpuGraph.captures == 2
+    torch.testing.assert_close(replayed, module.mlp(made_inside))

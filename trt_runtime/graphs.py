@@ -117,7 +117,7 @@ def _static_copy(tensor: torch.Tensor) -> torch.Tensor:
     Inside ``torch.inference_mode`` a plain clone would always be one, and a compiled function's guards
     check the dispatch keys: an ahead-of-time function then refuses the buffer (no graph), and dynamo
     recompiles the module for it."""
-    with torch.inference_mode(tensor.is_inference()):
+    with torch.inference_mode(tensor.is_inference()), torch.no_grad():  # a buffer, never part of a graph of grads
         return tensor.clone()
 
 

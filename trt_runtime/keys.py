@@ -32,8 +32,10 @@ __all__ = [
     "cache_key",
 ]
 
-CACHE_FORMAT = 2
-"""Bump when the on-disk layout or meaning of a key changes: old entries then simply never match."""
+CACHE_FORMAT = 3
+"""Bump when the on-disk layout or meaning of a key changes: old entries then simply never match.
+3: inductor ahead-of-time functions compiled in one canonical autograd mode; TensorRT entries record their
+output dtypes."""
 
 _VOLATILE_CONFIG_KEYS = frozenset(
     {"_name_or_path", "_commit_hash", "transformers_version", "_diffusers_version", "_use_default_values"}

@@ -387,11 +387,18 @@ class _SaveFailed(RuntimeError):
     """A backend could not serialize an artifact it built (told apart from a full or read-only disk)."""
 
 
-def _no_cudnn_autotuning() -> Any:
+@contextlib.contextmanager
+def _no_cudnn_autotuning() -> Iterator[None]:
     """The eager reference of a validation runs once: with ``cudnn.benchmark`` on it would autotune every
-    convolution first (seconds for a UNet, on the warm start it exists to shorten). Other flags are kept."""
+    convolution first (seconds for a UNet, on the warm start it exists to shorten). Only that flag is touched
+    (``cudnn.flags`` would also reset TF32 and precision settings, and reading ``allow_tf32`` raises once a
+    user has set the newer ``fp32_precision``); it is restored afterwards."""
     cudnn = torch.backends.cudnn
     if not cudnn.benchmark:
-        return contextlib.nullcontext()
-    return cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
-                       allow_tf32=cudnn.allow_tf32)
+        yield
+        return
+    cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        cudnn.benchmark = True

@@ -205,25 +205,37 @@ def test_precompiled_artifacts_load_in_a_new_process_without_tracing(tmp_path):
     assert cold["err"] < 1e-5 and warm["err"] < 1e-5
 
 
-def test_precompiled_function_serves_inference_and_normal_tensors():
+def test_precompiled_function_serves_inference_and_normal_tensors(caplog):
     """An ahead-of-time function's guards check dispatch keys, which differ between tensors made inside
-    ``torch.inference_mode`` and normal ones: compiled with one kind and called with the other, it refused
-    the call (on the GPU every CUDA graph capture under inference_mode failed that way). Calls of either
-    kind now reach the same compiled function."""
+    ``torch.inference_mode`` and normal ones, and between the two modes: compiled with one kind and called with
+    the other, it refused the call (on the GPU every CUDA graph capture under inference_mode failed that way).
+    Calls of either kind, in either mode, now run the compiled function itself, not an eager fallback; and
+    gradients wanted through the inputs are eager's."""
     from trt_runtime.backends import _inductor_aot as aot
 
     torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval().requires_grad_(False)
     with torch.inference_mode():
         made_inside = torch.randn(2, 8)
         call = aot.compile_aot(module, (made_inside,), {}, None, cpu=True)
-        torch.testing.assert_close(call(made_inside), module(made_inside))
+    ran = []
+    compiled = call.compiled
+    call.compiled = lambda *a, **k: ran.append(1) or compiled(*a, **k)
     normal = torch.randn(2, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(call(normal), module(normal))
-    with torch.inference_mode():
-        torch.testing.assert_close(call(normal), module(normal))
-        torch.testing.assert_close(call(torch.ones(2, 8)), module(torch.ones(2, 8)))
+    with caplog.at_level("WARNING", logger="trt_runtime"):
+        with torch.inference_mode():
+            torch.testing.assert_close(call(made_inside), module(made_inside))
+            torch.testing.assert_close(call(normal), module(normal))
+        with torch.no_grad():
+            torch.testing.assert_close(call(normal), module(normal))
+            out = call(made_inside)
+    assert len(ran) == 4 and not out.is_inference()
+    assert not [r for r in caplog.records if "does not accept" in r.getMessage()]
+    wants_grad = torch.randn(2, 8, requires_grad=True)
+    out = call(wants_grad)
+    assert out.requires_grad and len(ran) == 4
+    out.sum().backward()
+    assert wants_grad.grad is not None
 
 
 def test_a_call_the_precompiled_guards_refuse_runs_eagerly_and_the_entry_stays_ready(cache_dir, caplog):
@@ -252,3 +264,25 @@ def test_a_call_the_precompiled_guards_refuse_runs_eagerly_and_the_entry_stays_r
         torch.testing.assert_close(wrapped(x), module(x))
     assert sum("does not accept this call" in r.getMessage() for r in caplog.records) == 1
     assert len(calls) == 3 and rt.stats.rows()[0].state == "ready" and rt.stats.totals()["fallbacks"] == 0
+
+
+def test_a_loaded_function_that_refuses_its_first_call_is_built_again(cache_dir, caplog):
+    """A guard failure on the first call of a loaded function says the artifact does not fit this process: it is
+    built again (never validated as an eager result against eager and then served eagerly for good)."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval()
+    x = torch.randn(2, 8)
+    torch.use_deterministic_algorithms(True)  # global state the key does not hold
+    try:
+        with torch.no_grad():
+            first = TensorRTRuntime(backend="inductor", cache_dir=cache_dir, inductor_precompile=True)
+            TensorRTModule(module, runtime=first, name="mlp")(x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    second = TensorRTRuntime(backend="inductor", cache_dir=cache_dir, inductor_precompile=True)
+    with torch.no_grad(), caplog.at_level("WARNING", logger="trt_runtime"):
+        torch.testing.assert_close(TensorRTModule(module, runtime=second, name="mlp")(x), module(x))
+    totals = second.stats.totals()
+    assert totals["compiles"] == 1 and totals["fallbacks"] == 0, totals
+    assert any("could not be loaded" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if "does not accept" in r.getMessage()]

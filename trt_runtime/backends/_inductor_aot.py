@@ -77,24 +77,41 @@ class AotCall:
         self.module = module
         self.kernels = kernels or []
         """Inductor cache files (relative paths) this compile added: stored with a CPU artifact."""
+        self._accepted = False
+        """Whether the function has run one call in this process. Until it has, a guard failure propagates:
+        the resolver then treats the artifact as one that does not load (and builds again) rather than
+        validating an eager result against eager."""
         self._reported: set[str] = set()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in _tensors((args, kwargs))):
+            # gradients are wanted through the inputs (the weights are frozen, or the runtime would not be here):
+            # the function runs in no_grad, so eager PyTorch answers this call
+            return self.module(*args, **kwargs)
         normal_args, normal_kwargs = normal_tensors((args, kwargs))
         with canonical_mode():
             try:
-                return self.compiled(self.module, *normal_args, **normal_kwargs)
+                out = self.compiled(self.module, *normal_args, **normal_kwargs)
             except RuntimeError as err:
-                if not str(err).startswith(_GUARD_FAILURE):
+                if not (self._accepted and str(err).startswith(_GUARD_FAILURE)):
                     raise
                 reason = _guard_reason(str(err))
-        # A guard outside the key failed (global state such as deterministic algorithms): this call runs
-        # eagerly; the function stays, and calls in the state it was compiled for use it again.
+            else:
+                self._accepted = True
+                return out
+        # A guard outside the key refused a call after the function had served this process (global state such
+        # as deterministic algorithms): this call runs eagerly and the function stays. Under a CUDA graph the
+        # guards are not checked again: the captured function replays whatever the state.
         if reason not in self._reported:
             self._reported.add(reason)
-            logger.warning("an ahead-of-time compiled function does not accept this call (%s); such calls run "
-                           "eagerly. Set inductor_precompile=False to compile for each state instead", reason)
+            logger.warning("an ahead-of-time compiled function does not accept this call (%s); calls like it run "
+                           "eagerly. Keep that state as it was at the first call, or set inductor_precompile=False "
+                           "to compile for each state", reason)
         return self.module(*args, **kwargs)
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
 
 
 _GUARD_FAILURE = "GuardManager check failed"
@@ -123,8 +140,7 @@ def normal_tensors(tree: Any) -> Any:
     """The call's tensors as normal (not inference) tensors, for the same guards: an inference tensor (made
     inside ``torch.inference_mode``) has other dispatch keys than a normal one. The copy is of the inputs only
     (latents, embeddings), and under a CUDA graph it is part of the replay."""
-    tensors = [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
-    if not any(t.is_inference() for t in tensors):
+    if not any(t.is_inference() for t in _tensors(tree)):
         return tree
 
     def normal(tensor: torch.Tensor) -> torch.Tensor:

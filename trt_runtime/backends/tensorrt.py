@@ -246,10 +246,11 @@ class _EngineCall:
         return out if self._cast is None else self._restore_dtypes(out)
 
     def _restore_dtypes(self, out: Any) -> Any:
+        cast = self._cast  # read once: a concurrent first call may clear it
         leaves, spec = torch.utils._pytree.tree_flatten(out)
-        if len(leaves) != len(self._cast or ()):
+        if cast is None or len(leaves) != len(cast):
             return out
-        wrong = [i for i, (leaf, want) in enumerate(zip(leaves, self._cast, strict=True))
+        wrong = [i for i, (leaf, want) in enumerate(zip(leaves, cast, strict=True))
                  if want is not None and isinstance(leaf, torch.Tensor) and leaf.dtype != want]
         if not self._checked:
             self._checked = True
@@ -257,9 +258,9 @@ class _EngineCall:
                 self._cast = None  # the engine returns the module's types: nothing to do from now on
                 return out
             logger.debug("engine outputs %s come back as %s; cast to the module's %s", wrong,
-                         [leaves[i].dtype for i in wrong], [self._cast[i] for i in wrong])
+                         [leaves[i].dtype for i in wrong], [cast[i] for i in wrong])
         for i in wrong:
-            leaves[i] = leaves[i].to(self._cast[i])
+            leaves[i] = leaves[i].to(cast[i])
         return torch.utils._pytree.tree_unflatten(leaves, spec)
 
 
