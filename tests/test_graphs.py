@@ -170,3 +170,19 @@ def test_graph_inputs_keep_the_calls_inference_mode_kind():
     replayed, captured = cache.run("sig", module, (made_inside,), {})
     assert not captured and CpuGraph.captures == 2
     torch.testing.assert_close(replayed, module.mlp(made_inside))
+
+
+def test_calls_that_want_input_gradients_never_replay_a_graph():
+    """A replay's outputs come from the graph's buffers, outside autograd: a call with grad on and an input
+    that requires grad runs the callable itself, every time, and its output carries the gradient."""
+    cache = GraphCache("mlp", capacity=4, capture_after=1, graph_type=CpuGraph)
+    module = tiny_mlp().requires_grad_(False)
+    x = torch.randn(2, 8, requires_grad=True)
+    with torch.enable_grad():
+        for _ in range(3):
+            out, captured = cache.run("sig", module, (x,), {})
+            assert not captured and out.requires_grad
+        out.sum().backward()
+    assert x.grad is not None and CpuGraph.captures == 0 and len(cache) == 0
+    out, captured = cache.run("sig", module, (x,), {})  # under the fixture's no_grad: graphs as usual
+    assert captured and CpuGraph.captures == 1

@@ -182,15 +182,35 @@ def test_validation_rejects_a_wrong_artifact(cache_dir):
 
 def test_validation_runs_eager_without_cudnn_autotuning(export_backend, cache_dir, monkeypatch):
     """The eager reference runs once: cudnn.benchmark would autotune every convolution first (seconds on a
-    warm start, which validation is part of). The user's setting is back afterwards."""
+    warm start, which validation is part of). Only that flag is touched, and the user's setting is back
+    afterwards."""
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     seen = []
     rt, module, w = wrapped("export", cache_dir, validate=True)
     module.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.benchmark))
     x = torch.randn(2, 8)
     torch.testing.assert_close(w(x), module(x))
-    assert rt.stats.rows()[0].state == "ready"
+    assert rt.stats.rows()[0].state == "ready", rt.stats.rows()[0].error
     assert False in seen and torch.backends.cudnn.benchmark is True
+
+
+def test_cudnn_switch_works_under_the_newer_tf32_settings(monkeypatch):
+    """With torch's newer TF32 settings mixed (conv TF32, RNN IEEE) reading the legacy ``cudnn.allow_tf32``
+    raises, so ``cudnn.flags`` (which reads it) cannot be how validation turns autotuning off."""
+    from trt_runtime.resolver import _no_cudnn_autotuning
+
+    cudnn = torch.backends.cudnn
+    if getattr(getattr(cudnn, "conv", None), "fp32_precision", None) is None:
+        pytest.skip("this torch has no per-operator fp32_precision")
+    monkeypatch.setattr(cudnn, "benchmark", True)
+    before = (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision)
+    cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = "tf32", "ieee"
+    try:
+        with _no_cudnn_autotuning():
+            assert cudnn.benchmark is False
+        assert cudnn.benchmark is True and (cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision) == ("tf32", "ieee")
+    finally:
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision = before
 
 
 def test_eager_errors_propagate_untouched(export_backend, cache_dir):

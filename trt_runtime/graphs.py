@@ -159,6 +159,8 @@ class GraphCache:
         Returns ``(output, captured_now)``. A capture failure is remembered for that layout, which then
         runs ``fn`` directly; the error is re-raised only if ``fn`` itself fails without a graph.
         """
+        if torch.is_grad_enabled() and any(t.requires_grad for _, t in iter_tensors(args, kwargs)):
+            return fn(*args, **kwargs), False  # gradients wanted through the inputs: a replay would drop them
         tag = (sig, layout_of(args, kwargs))
         graph = self._graphs.get(tag)
         if graph is not None:

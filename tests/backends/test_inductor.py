@@ -286,3 +286,22 @@ def test_a_loaded_function_that_refuses_its_first_call_is_built_again(cache_dir,
     assert totals["compiles"] == 1 and totals["fallbacks"] == 0, totals
     assert any("could not be loaded" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if "does not accept" in r.getMessage()]
+
+
+def test_a_first_call_wanting_input_gradients_builds_a_function_later_calls_use(cache_dir):
+    """Frozen weights, and a first call with grad on through an input that requires grad (guidance by
+    gradients): that call is eager's, with its gradient; the function built for it does not guard on
+    ``requires_grad``, so the later no_grad calls run it."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval().requires_grad_(False)
+    rt = TensorRTRuntime(backend="inductor", cache_dir=cache_dir, inductor_precompile=True, strict=True)
+    wrapped = TensorRTModule(module, runtime=rt, name="mlp")
+    x = torch.randn(2, 8, requires_grad=True)
+    out = wrapped(x)
+    out.sum().backward()
+    assert x.grad is not None
+    with torch.no_grad():
+        for _ in range(2):
+            torch.testing.assert_close(wrapped(x), module(x))
+    totals = rt.stats.totals()
+    assert (totals["compiles"], totals["fallbacks"], rt.stats.rows()[0].state) == (1, 0, "ready"), totals

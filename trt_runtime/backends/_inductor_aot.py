@@ -137,17 +137,18 @@ def canonical_mode() -> contextlib.ExitStack:
 
 
 def normal_tensors(tree: Any) -> Any:
-    """The call's tensors as normal (not inference) tensors, for the same guards: an inference tensor (made
-    inside ``torch.inference_mode``) has other dispatch keys than a normal one. The copy is of the inputs only
-    (latents, embeddings), and under a CUDA graph it is part of the replay."""
-    if not any(t.is_inference() for t in _tensors(tree)):
+    """The call's tensors as normal (not inference) tensors that require no grad, for the same guards: an
+    inference tensor (made inside ``torch.inference_mode``) has other dispatch keys than a normal one, and
+    ``requires_grad`` is guarded too (calls that want gradients run eagerly, see ``AotCall``). The copy is of
+    the inputs only (latents, embeddings), and under a CUDA graph it is part of the replay."""
+    if not any(t.is_inference() or t.requires_grad for t in _tensors(tree)):
         return tree
 
     def normal(tensor: torch.Tensor) -> torch.Tensor:
-        if not tensor.is_inference():
-            return tensor
-        with torch.inference_mode(False):
-            return tensor.clone()
+        if tensor.is_inference():
+            with torch.inference_mode(False), torch.no_grad():
+                return tensor.clone()
+        return tensor.detach() if tensor.requires_grad else tensor
 
     return torch.utils._pytree.tree_map_only(torch.Tensor, normal, tree)
 
