@@ -110,6 +110,14 @@ def _guard_filter(entries):
             for e in entries]
 
 
+def _first_call(fn, unet, inputs: dict, reference, report: dict) -> None:
+    t0 = time.perf_counter()
+    out = fn(unet, **inputs)
+    _sync()
+    report["first_call_s"] = time.perf_counter() - t0
+    report["err"] = _err(_sample(out), reference)
+
+
 @torch.no_grad()
 def raw_save(directory: Path, size: str) -> dict:
     unet, inputs = _unet_and_inputs(size)
@@ -120,11 +128,7 @@ def raw_save(directory: Path, size: str) -> dict:
         compiled = torch.compile(_run, fullgraph=True, dynamic=False, options={"guard_filter_fn": _guard_filter})
         fn = compiled.aot_compile(((unet,), dict(inputs)))
     report["aot_compile_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = fn(unet, **inputs)
-    _sync()
-    report["first_call_s"] = time.perf_counter() - t0
-    report["err"] = _err(_sample(out), reference)
+    _first_call(fn, unet, inputs, reference, report)
     t0 = time.perf_counter()
     fn.save_compiled_function(str(directory / "unet.aot"))
     report["save_s"] = time.perf_counter() - t0
@@ -144,11 +148,7 @@ def raw_load(directory: Path, size: str) -> dict:
     with open(directory / "unet.aot", "rb") as f:
         fn = torch.compiler.load_compiled_function(f)
     report["load_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = fn(unet, **inputs)
-    _sync()
-    report["first_call_s"] = time.perf_counter() - t0
-    report["err"] = _err(_sample(out), reference)
+    _first_call(fn, unet, inputs, reference, report)
     report["step_ms"] = _time(lambda: fn(unet, **inputs))
     _try_graph(lambda: fn(unet, **inputs), report, reference)
     return report
