@@ -235,7 +235,7 @@ class _EngineCall:
         self.out_dtypes = out_dtypes
         """The exported program's output dtypes, flattened (None: not a tensor); saved with the entry."""
         self._cast: list[torch.dtype | None] | None = None if out_dtypes is None else [
-            getattr(torch, name.removeprefix("torch.")) if name else None for name in out_dtypes]
+            _dtype(name) for name in out_dtypes]
         self._checked = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -262,6 +262,12 @@ class _EngineCall:
         for i in wrong:
             leaves[i] = leaves[i].to(cast[i])
         return torch.utils._pytree.tree_unflatten(leaves, spec)
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    """A dtype named in the entry's ``trt_inputs.json``; anything that names no dtype is left alone."""
+    value = getattr(torch, name.removeprefix("torch."), None) if isinstance(name, str) else None
+    return value if isinstance(value, torch.dtype) else None
 
 
 def output_dtypes(program: Any) -> list[str | None] | None:
