@@ -272,6 +272,7 @@ def warm_start(case: Case, size: str, device: torch.device, dtype: torch.dtype, 
     same runtime settings as the cold process (they are part of the cache key)."""
     inductor = scratch / f"inductor-warm-{case.name}"
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(inductor), TRT_CACHE_DIR=str(cache_dir))
+    env.setdefault("TRT_RUNTIME_VERBOSITY", "info")  # its log says whether it loaded, and why not
     command = [sys.executable, "-m", "benchmarks.warm_start", case.name, "--size", size, "--device", str(device),
                "--dtype", str(dtype).removeprefix("torch."), "--settings", json.dumps(settings or {})]
     start = time.perf_counter()
@@ -282,6 +283,7 @@ def warm_start(case: Case, size: str, device: torch.device, dtype: torch.dtype, 
         return {"warm_start_error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["warm_start_process_s"] = wall
+    result["warm_start_log"] = [line[:2000] for line in proc.stderr.splitlines() if line.startswith("trt_runtime ")]
     return result
 
 

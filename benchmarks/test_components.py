@@ -64,4 +64,5 @@ def test_component_step(benchmark, prepared, variant, options):
         assert figures["trt_runtime_rel_error"] < TOLERANCE[prepared.dtype], figures["trt_runtime_rel_error"]
         assert "warm_start_error" not in figures, figures.get("warm_start_error")
         if "warm_start_s" in figures:
-            assert figures["warm_start_loads"] >= 1 and figures["warm_start_compiles"] == 0, figures
+            assert figures["warm_start_loads"] >= 1 and figures["warm_start_compiles"] == 0, (
+                    figures.get("warm_start_log"))

@@ -196,6 +196,82 @@ def test_a_vae_decoder_builds_in_a_separate_process_from_its_vae(cache_dir, chil
     assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
 
 
+def test_a_build_process_holds_exactly_the_parents_tensors():
+    """What a build process rebuilds from the config ends up holding the parent's tensors by name: parameters
+    and non-persistent buffers, in the parent's dtypes and with its requires_grad, sharing their memory."""
+    from tests.support import tiny_models as tm
+    from trt_runtime.build_process import assign_tensors, module_tensors
+
+    parent = tm.clip_text_encoder(seed=0).half()
+    parent.final_layer_norm.float()  # a module kept in float32, as pipelines do
+    parent.embeddings.position_ids += 0  # a non-persistent buffer: not in the state dict
+    assert "embeddings.position_ids" not in parent.state_dict()
+    parent.embeddings.token_embedding.weight.requires_grad_(False)
+    tensors = module_tensors(parent)
+    assert "embeddings.position_ids" in tensors
+    child = tm.clip_text_encoder(seed=1)  # other weights, all float32
+    assign_tensors(child, tensors, {n for n, p in parent.named_parameters() if p.requires_grad})
+    for name, tensor in [*child.named_parameters(), *child.named_buffers()]:
+        assert tensor.data_ptr() == tensors[name].data_ptr() and tensor.dtype == tensors[name].dtype, name
+    assert not child.embeddings.token_embedding.weight.requires_grad
+    assert child.final_layer_norm.weight.requires_grad
+    ids = torch.randint(0, 200, (1, 7))
+    torch.testing.assert_close(child(ids).last_hidden_state, parent(ids).last_hidden_state, rtol=0, atol=0)
+    with pytest.raises(KeyError, match="no parameter or buffer"):
+        assign_tensors(child, {"text_model.nowhere": torch.zeros(1)}, set())
+
+
+def test_weights_on_the_cpu_are_copied_not_shared():
+    from trt_runtime.build_process import share_cuda
+
+    assert share_cuda({"w": torch.zeros(2)}) is None and share_cuda({}) is None
+
+
+def test_a_child_that_cannot_map_shared_weights_gets_copies(cache_dir, child_builds, monkeypatch, caplog):
+    """If the child cannot open the parent's shared weights (here: handles it cannot read), the parent sends
+    copies and the build still happens in the separate process."""
+    from tests.support import tiny_models as tm
+    from trt_runtime import build_process
+    from trt_runtime.modules.vae import apply_vae
+
+    monkeypatch.setattr(build_process, "share_cuda", lambda tensors: b"not a pickle")
+    vae = tm.vae_kl().eval()
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    wrapped = apply_vae(vae, runtime=rt, encoder=False)
+    z = torch.randn(1, 4, 8, 8)
+    expected = vae.decode(z).sample
+    with caplog.at_level("INFO", logger="trt_runtime"):
+        _handed_over(wrapped.components["vae.decoder"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("could not map this process's weights; sending copies" in m for m in messages), messages
+    assert [m for m in messages if "building in a separate process" in m][-1].endswith("(weights copied)")
+    torch.testing.assert_close(vae.decode(z).sample, expected)
+    totals = rt.stats.totals()
+    assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_build_process_maps_the_parents_weights(cache_dir, child_builds, caplog):
+    """CUDA weights go to the build process as IPC handles, not copies, and what it builds is the parent's key
+    (the same weights, byte for byte): the parent loads it and compiles nothing."""
+    from tests.support import tiny_models as tm
+    from trt_runtime.modules.vae import apply_vae
+
+    vae = tm.vae_kl().eval().to("cuda", torch.float16)
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    wrapped = apply_vae(vae, runtime=rt, encoder=False)
+    z = torch.randn(1, 4, 8, 8, device="cuda", dtype=torch.float16)
+    expected = vae.decode(z).sample
+    with caplog.at_level("INFO", logger="trt_runtime"):
+        _handed_over(wrapped.components["vae.decoder"])
+    messages = [r.getMessage() for r in caplog.records]
+    assert [m for m in messages if "building in a separate process" in m] == [
+        "[vae.decoder] building in a separate process (weights shared with it, not copied)"], messages
+    torch.testing.assert_close(vae.decode(z).sample, expected)
+    totals = rt.stats.totals()
+    assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
+
+
 def _handed_over(comp):
     """The one slot of ``comp``, once its background build handed the rest to the next call."""
     slots = lambda: list(comp.slots.values())  # noqa: E731

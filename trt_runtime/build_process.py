@@ -9,8 +9,15 @@ settings, same machine).
 What can be rebuilt in a child: a diffusers ``ModelMixin`` (``from_config``) or a transformers
 ``PreTrainedModel`` (its config class) without LoRA adapters, wrapped by one of trt_runtime's family wrappers,
 with no declared shape ranges. Anything else builds in the parent's worker thread as before. The child gets its
-inputs through a private temporary folder: the module's config and state dict, the call, the settings; nothing of
-it is executed from an untrusted place (the folder is created 0700 by this process and removed afterwards).
+inputs through a private temporary folder: the module's config, the call, the settings and every parameter and
+buffer by name; nothing of it is executed from an untrusted place (the folder is created 0700 by this process and
+removed afterwards).
+
+Weights on a GPU are not copied: the child maps the parent's own memory (CUDA IPC handles, as
+``torch.multiprocessing`` passes tensors), so the first call does not wait for gigabytes to go to the host and
+to disk while the caller generates, and the child holds no second copy. The child only reads them. Where that
+cannot be done (weights on the CPU, an allocator without IPC, a child that cannot open the handles) the weights
+go through the folder as host copies, as before.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import importlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -37,6 +45,8 @@ _FAMILIES = {"TupleCore", "PassCore", "_FieldsCore"}
 IMPORTS_ENV = "TRT_RUNTIME_BUILD_IMPORTS"
 """Comma-separated modules a build process imports first: ones that register custom backends, for instance."""
 _TIMEOUT_S = 4 * 3600
+_EXIT_NO_SHARED = 75
+"""The child's exit status when it cannot open the parent's shared weights: the parent sends copies instead."""
 
 
 def _qualname(obj: Any) -> str:
@@ -90,9 +100,56 @@ def can_build_in_process(comp: Any) -> bool:
 def build_in_child(comp: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
     """Build ``comp``'s artifact for this call in a child process that writes it to the engine cache.
     Returns True when the child finished (the parent then loads the entry), False when it failed."""
+    module = _owner(comp)
+    tensors = module_tensors(module)
+    shared = share_cuda(tensors)
+    try:
+        done = _run_child(comp, module, args, kwargs, tensors, shared)
+        if done is not None and done.returncode == _EXIT_NO_SHARED:
+            logger.info("[%s] the build process could not map this process's weights; sending copies", comp.name)
+            done = _run_child(comp, module, args, kwargs, tensors, None)
+    finally:
+        if shared is not None and torch.cuda.is_initialized():
+            torch.cuda.ipc_collect()  # the child has exited: release what was kept alive for it
+    if done is None:
+        return False
+    if done.returncode != 0:
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line or "{" in line]
+        logger.info("[%s] build process failed (exit %d: %s); building in this process", comp.name,
+                    done.returncode, " | ".join(lines[-3:])[:1000])
+        return False
+    return True
+
+
+def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``module`` by name (persistent or not, tied ones under each name), detached:
+    what a child assigns to the module it rebuilt, so that it holds exactly the parent's tensors."""
+    named = dict(module.named_parameters(remove_duplicate=False))
+    named.update(module.named_buffers(remove_duplicate=False))
+    return {name: tensor.detach() for name, tensor in named.items() if tensor is not None}
+
+
+def share_cuda(tensors: dict[str, torch.Tensor]) -> bytes | None:
+    """``tensors`` pickled as CUDA IPC handles (no copy), or None when they cannot be: any on the CPU, none at
+    all, or an allocator or driver that refuses to export them."""
+    if not tensors or any(t.device.type != "cuda" for t in tensors.values()):
+        return None
+    try:
+        from multiprocessing.reduction import ForkingPickler
+
+        import torch.multiprocessing  # noqa: F401 - registers the CUDA tensor reductions with ForkingPickler
+
+        return bytes(ForkingPickler.dumps(tensors))
+    except Exception as err:  # noqa: BLE001 - copies always work
+        logger.debug("cannot share CUDA tensors with a build process (%s: %s); sending copies",
+                     type(err).__name__, err)
+        return None
+
+
+def _run_child(comp: Any, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any],
+               tensors: dict[str, torch.Tensor], shared: bytes | None) -> subprocess.CompletedProcess | None:
     folder = Path(tempfile.mkdtemp(prefix="trt_runtime_build_"))
     try:
-        module = _owner(comp)
         dtype = next((p.dtype for p in module.parameters()), torch.float32)
         spec = {
             "recipe": _recipe(module), "family": comp.family[:2], "name": comp.name,
@@ -100,23 +157,26 @@ def build_in_child(comp: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
                          if f.name not in ("background",)},
             "dtype": str(dtype).removeprefix("torch."), "device": str(comp.device or "cpu"),
             "inference_mode": torch.is_inference_mode_enabled(), "grad": torch.is_grad_enabled(),
+            "requires_grad": sorted(name for name, p in module.named_parameters(remove_duplicate=False)
+                                    if p.requires_grad),
         }
-        torch.save({"spec": spec, "state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                    "call": torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), (args, kwargs))},
-                   folder / "build.pt")
+        payload: dict[str, Any] = {
+            "spec": spec,
+            "call": torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), (args, kwargs))}
+        if shared is None:
+            payload["tensors"] = {name: t.cpu() for name, t in tensors.items()}
+        else:
+            (folder / "tensors.ipc").write_bytes(shared)
+        torch.save(payload, folder / "build.pt")
+        logger.info("[%s] building in a separate process (weights %s)", comp.name,
+                    "copied" if shared is None else "shared with it, not copied")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        done = subprocess.run([sys.executable, "-m", "trt_runtime.build_process", str(folder / "build.pt")],
+        return subprocess.run([sys.executable, "-m", "trt_runtime.build_process", str(folder / "build.pt")],
                               capture_output=True, text=True, timeout=_TIMEOUT_S, env=env)
-        if done.returncode != 0:
-            lines = [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line or "{" in line]
-            logger.info("[%s] build process failed (exit %d: %s); building in this process", comp.name,
-                        done.returncode, " | ".join(lines[-3:])[:1000])
-            return False
-        return True
     except Exception as err:  # noqa: BLE001 - the in-process build is always there
         logger.info("[%s] could not build in a separate process (%s: %s); building in this process", comp.name,
                     type(err).__name__, err)
-        return False
+        return None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -127,6 +187,25 @@ def _rebuild(recipe: dict[str, Any]) -> torch.nn.Module:
         return cls.from_config(recipe["config"])
     config = _load_name(recipe["config_class"]).from_dict(recipe["config"])
     return cls(config)
+
+
+def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], requires_grad: set[str]) -> None:
+    """Put the parent's tensors in place of ``module``'s own, by name: parameters stay parameters (with the
+    parent's ``requires_grad``), buffers stay buffers. A name the rebuilt module lacks is an error."""
+    for name, tensor in tensors.items():
+        owner_name, _, leaf = name.rpartition(".")
+        try:
+            owner = module.get_submodule(owner_name)
+        except AttributeError:
+            owner = None
+        if owner is None:
+            raise KeyError(f"the rebuilt module has no parameter or buffer {name!r}")
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=name in requires_grad)
+        elif leaf in owner._buffers:
+            owner._buffers[leaf] = tensor
+        else:
+            raise KeyError(f"the rebuilt module has no parameter or buffer {name!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,9 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     path = Path((argv or sys.argv[1:])[0])
     payload = torch.load(path, weights_only=False)  # written by our parent into a private folder, just now
     spec = payload["spec"]
+    tensors = payload.get("tensors")
+    if tensors is None:
+        try:  # the parent's own CUDA memory, mapped here (it keeps it alive until this process exits)
+            tensors = pickle.loads((path.parent / "tensors.ipc").read_bytes())  # noqa: S301 - our parent's
+        except Exception as err:  # noqa: BLE001
+            print(f"cannot map the parent's weights ({type(err).__name__}: {err})", file=sys.stderr)
+            return _EXIT_NO_SHARED
     module = _rebuild(spec["recipe"])
-    module.load_state_dict(payload["state"])
-    module = module.to(device=spec["device"], dtype=getattr(torch, spec["dtype"])).eval()
+    assign_tensors(module, tensors, set(spec["requires_grad"]))
+    module = module.to(device=spec["device"]).eval()  # the parent's tensors are there already, in its dtypes
     args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(spec["device"]), payload["call"])
     settings = RuntimeSettings(**spec["settings"])
     runtime = TensorRTRuntime(settings)
