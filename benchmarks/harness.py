@@ -283,8 +283,20 @@ def warm_start(case: Case, size: str, device: torch.device, dtype: torch.dtype, 
         return {"warm_start_error": proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["warm_start_process_s"] = wall
-    result["warm_start_log"] = [line[:2000] for line in proc.stderr.splitlines() if line.startswith("trt_runtime ")]
+    result["warm_start_log"] = _runtime_messages(proc.stderr)
     return result
+
+
+def _runtime_messages(stderr: str) -> list[str]:
+    """trt_runtime's log records in a process's stderr, each with its continuation lines (a guard failure spans
+    several)."""
+    records: list[str] = []
+    for line in stderr.splitlines():
+        if line.startswith("trt_runtime "):
+            records.append(line)
+        elif records and line.strip() and not line.startswith(("[W", "W1", "I1", "There are modules")):
+            records[-1] += "\n" + line
+    return [record[:3000] for record in records]
 
 
 def environment(device: torch.device) -> dict[str, Any]:

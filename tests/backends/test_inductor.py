@@ -205,7 +205,7 @@ def test_precompiled_artifacts_load_in_a_new_process_without_tracing(tmp_path):
     assert cold["err"] < 1e-5 and warm["err"] < 1e-5
 
 
-def test_precompiled_function_serves_inference_and_normal_tensors(caplog):
+def test_precompiled_function_serves_inference_and_normal_tensors(caplog, tmp_path, monkeypatch):
     """An ahead-of-time function's guards check dispatch keys, which differ between tensors made inside
     ``torch.inference_mode`` and normal ones, and between the two modes: compiled with one kind and called with
     the other, it refused the call (on the GPU every CUDA graph capture under inference_mode failed that way).
@@ -236,6 +236,22 @@ def test_precompiled_function_serves_inference_and_normal_tensors(caplog):
     assert out.requires_grad and len(ran) == 4
     out.sum().backward()
     assert wants_grad.grad is not None
+
+    # Loaded inside inference_mode (a pipeline's call, a server): torch 2.11 rebuilt the guards with the dispatch
+    # keys of the thread's mode at load time, and every later call (canonical mode) was refused. Loading happens
+    # in the canonical mode too, and the loaded function serves both kinds of call.
+    call.compiled = compiled
+    aot.save_aot(call, tmp_path)
+    modes = []
+    real_load = torch.compiler.load_compiled_function
+    monkeypatch.setattr(torch.compiler, "load_compiled_function", lambda f: modes.append(
+        (torch.is_inference_mode_enabled(), torch.is_grad_enabled())) or real_load(f))
+    with torch.inference_mode():
+        loaded = aot.load_aot(module, tmp_path)
+        torch.testing.assert_close(loaded(made_inside), module(made_inside))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(normal), module(normal))
+    assert modes == [(False, False)] and loaded._accepted
 
 
 def test_a_call_the_precompiled_guards_refuse_runs_eagerly_and_the_entry_stays_ready(cache_dir, caplog):

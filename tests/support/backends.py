@@ -119,3 +119,37 @@ class SlowExport(ExportBackend):
         type(self).builds += 1
         time.sleep(type(self).delay)
         return super().compile(request)
+
+
+class _Offset:
+    """An artifact whose output is off by ``noise`` of its largest magnitude, validated when loaded (like an
+    ahead-of-time inductor function)."""
+
+    validate_on_load = True
+
+    def __init__(self, run, noise: float) -> None:
+        self.run, self.noise = run, noise
+
+    def __call__(self, *args, **kwargs):
+        out = self.run(*args, **kwargs)
+        shifted = out.clone()
+        shifted.view(-1)[0] += self.noise * out.abs().max()
+        return shifted
+
+
+class NoisyOnLoad(ExportBackend):
+    """Artifacts that validate on load: off by ``build_noise`` when built, by ``load_noise`` when loaded in a
+    later process (eager itself varies a little between processes; a wrong artifact varies a lot)."""
+
+    name = "noisy"
+    build_noise = 0.0
+    load_noise = 0.0
+
+    def compile(self, request: CompileRequest):
+        return _Offset(super().compile(request), type(self).build_noise)
+
+    def save(self, compiled, request, directory: Path) -> None:
+        super().save(compiled.run, request, directory)
+
+    def load(self, request, directory: Path):
+        return _Offset(super().load(request, directory), type(self).load_noise)

@@ -180,7 +180,10 @@ def save_aot(call: AotCall, directory: Path) -> None:
 
 def load_aot(module: torch.nn.Module, directory: Path) -> AotCall:
     _restore_kernels(directory / KERNELS)
-    with open(directory / ARTIFACT, "rb") as f:
+    # Loading rebuilds the guards, and torch computes the dispatch keys a tensor guard expects from the
+    # thread's state at that moment: loaded inside inference_mode (a pipeline call, a server), every tensor
+    # guard then refused the calls, which run in the canonical mode (seen on torch 2.11 with CUDA).
+    with open(directory / ARTIFACT, "rb") as f, canonical_mode():
         return AotCall(torch.compiler.load_compiled_function(f), module)
 
 
