@@ -221,6 +221,22 @@ def test_a_build_process_holds_exactly_the_parents_tensors():
         assign_tensors(child, {"text_model.nowhere": torch.zeros(1)}, set())
 
 
+def test_tied_weights_stay_tied_in_a_build_process():
+    """T5 shares its embedding between ``shared`` and the encoder: the child must hold one tensor under both names,
+    or its key (which counts a tied weight once) is not the parent's and its build is never used."""
+    from tests.support import tiny_models as tm
+    from trt_runtime.build_process import assign_tensors, module_tensors
+    from trt_runtime.keys import module_fingerprint
+
+    parent = tm.t5_encoder(seed=0)
+    assert parent.shared.weight is parent.encoder.embed_tokens.weight
+    child = tm.t5_encoder(seed=1)
+    child.encoder.embed_tokens.weight = torch.nn.Parameter(child.shared.weight.clone())  # untied, other values
+    assign_tensors(child, module_tensors(parent), {n for n, p in parent.named_parameters() if p.requires_grad})
+    assert child.shared.weight is child.encoder.embed_tokens.weight
+    assert module_fingerprint(child) == module_fingerprint(parent)
+
+
 def test_weights_on_the_cpu_are_copied_not_shared():
     from trt_runtime.build_process import share_cuda
 
@@ -235,6 +251,7 @@ def test_a_child_that_cannot_map_shared_weights_gets_copies(cache_dir, child_bui
     from trt_runtime.modules.vae import apply_vae
 
     monkeypatch.setattr(build_process, "share_cuda", lambda tensors: b"not a pickle")
+    monkeypatch.setattr(build_process, "_SHARING_FAILED", False)
     vae = tm.vae_kl().eval()
     rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
     wrapped = apply_vae(vae, runtime=rt, encoder=False)
@@ -243,7 +260,8 @@ def test_a_child_that_cannot_map_shared_weights_gets_copies(cache_dir, child_bui
     with caplog.at_level("INFO", logger="trt_runtime"):
         _handed_over(wrapped.components["vae.decoder"])
     messages = [r.getMessage() for r in caplog.records]
-    assert any("could not map this process's weights; sending copies" in m for m in messages), messages
+    assert any("could not map this process's weights (cannot map the parent's weights (UnpicklingError" in m
+               and m.endswith("sending copies") for m in messages), messages
     assert [m for m in messages if "building in a separate process" in m][-1].endswith("(weights copied)")
     torch.testing.assert_close(vae.decode(z).sample, expected)
     totals = rt.stats.totals()
@@ -270,6 +288,35 @@ def test_on_a_gpu_the_build_process_maps_the_parents_weights(cache_dir, child_bu
     torch.testing.assert_close(vae.decode(z).sample, expected)
     totals = rt.stats.totals()
     assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
+
+
+def test_weights_edited_during_a_shared_build_discard_its_entry(cache_dir, child_builds, monkeypatch, caplog):
+    """A build process that reads the caller's live weights (shared, not copied) while the caller edits them in
+    place may build a mix under the key of what it saw first: its entry is dropped, never loaded."""
+    import pickle
+
+    from tests.support import tiny_models as tm
+    from trt_runtime import build_process
+    from trt_runtime.modules.vae import apply_vae
+
+    # CPU weights pickled plainly stand in for CUDA IPC handles: the child gets them through the same file
+    monkeypatch.setattr(build_process, "share_cuda", lambda tensors: pickle.dumps(tensors))
+    monkeypatch.setattr(build_process, "_SHARING_FAILED", False)
+    vae = tm.vae_kl().eval()
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    apply_vae(vae, runtime=rt, encoder=False)
+    z = torch.randn(1, 4, 8, 8)
+    with caplog.at_level("INFO", logger="trt_runtime"):
+        vae.decode(z)  # queues the build
+        _wait_for(lambda: any("building in a separate process" in r.getMessage() for r in caplog.records))
+        vae.post_quant_conv.bias.add_(0.5)  # an in-place edit while it runs (the child takes seconds to start)
+        # this test backend may build beside calls, so the worker builds it itself once the child's is dropped
+        _wait_for(lambda: rt.stats.totals()["compiles"] == 1, timeout=300)
+    assert any("weights changed during the build" in r.getMessage() for r in caplog.records)
+    assert len(rt.cache.entries()) == 1  # the worker's, for the edited weights; the child's is gone
+    reference = tm.vae_kl().eval()
+    reference.post_quant_conv.bias.add_(0.5)
+    torch.testing.assert_close(vae.decode(z).sample, reference.decode(z).sample)
 
 
 def _handed_over(comp):

@@ -179,7 +179,33 @@ def test_a_loaded_artifact_is_held_to_its_own_distance_from_eager(cache_dir, cap
     else:
         assert (totals["loads"], totals["compiles"]) == (0, 1), totals
         assert "does not match eager PyTorch" in caplog.text and "building it again" in caplog.text
+        assert caplog.text.count("does not match eager PyTorch") == 1  # loaded once, not again under the lock
         assert relative_error(out, module(x)) == pytest.approx(0.015, rel=1e-3)  # the new build's output
+        # the rebuilt entry misses the same way in the next process: remembered as failed, not rebuilt by each
+        rt3, _, w3 = wrapped("noisy", cache_dir, tolerance=0.01)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="trt_runtime"):
+            torch.testing.assert_close(w3(x), module(x))
+        assert "running eagerly from now on: output differs from eager by 0.5" in caplog.text
+        totals = rt3.stats.totals()
+        assert (totals["loads"], totals["compiles"]) == (0, 0) and rt3.cache.entries()[0].status == "failed"
+        rt4, _, w4 = wrapped("noisy", cache_dir, tolerance=0.01)
+        torch.testing.assert_close(w4(x), module(x))
+        assert rt4.stats.totals()["compiles"] == 0
+
+
+def test_the_slack_a_loaded_artifact_gets_is_capped(cache_dir, caplog):
+    """A build far from eager (validate off: served, with a warning) does not license anything on load: the
+    slack is twice its error but at most five tolerances."""
+    doubles.NoisyOnLoad.build_noise, doubles.NoisyOnLoad.load_noise = 0.4, 0.075
+    rt, module, w = wrapped("noisy", cache_dir, tolerance=0.01)
+    x = torch.randn(2, 8)
+    with caplog.at_level(logging.WARNING, logger="trt_runtime"):
+        w(x)
+    assert "differs from eager PyTorch by 0.4" in caplog.text and "validate=True" in caplog.text
+    rt2, _, w2 = wrapped("noisy", cache_dir, tolerance=0.01)
+    w2(x)
+    assert (rt2.stats.totals()["loads"], rt2.stats.totals()["compiles"]) == (0, 1)
 
 
 def test_unloadable_artifact_is_rebuilt(cache_dir, caplog):

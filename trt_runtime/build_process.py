@@ -47,6 +47,8 @@ IMPORTS_ENV = "TRT_RUNTIME_BUILD_IMPORTS"
 _TIMEOUT_S = 4 * 3600
 _EXIT_NO_SHARED = 75
 """The child's exit status when it cannot open the parent's shared weights: the parent sends copies instead."""
+_SHARING_FAILED = False
+"""Set when a build process could not map this process's weights: later builds send copies."""
 
 
 def _qualname(obj: Any) -> str:
@@ -100,18 +102,29 @@ def can_build_in_process(comp: Any) -> bool:
 def build_in_child(comp: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
     """Build ``comp``'s artifact for this call in a child process that writes it to the engine cache.
     Returns True when the child finished (the parent then loads the entry), False when it failed."""
+    global _SHARING_FAILED
     module = _owner(comp)
     tensors = module_tensors(module)
-    shared = share_cuda(tensors)
+    shared = None if _SHARING_FAILED else share_cuda(tensors)
+    versions = _versions(tensors)
     try:
         done = _run_child(comp, module, args, kwargs, tensors, shared)
         if done is not None and done.returncode == _EXIT_NO_SHARED:
-            logger.info("[%s] the build process could not map this process's weights; sending copies", comp.name)
+            _SHARING_FAILED = True  # for the rest of this process: every later build sends copies at once
+            logger.info("[%s] the build process could not map this process's weights (%s); sending copies",
+                        comp.name, (done.stderr.strip().splitlines() or ["no message"])[-1][:300])
             done = _run_child(comp, module, args, kwargs, tensors, None)
     finally:
         if shared is not None and torch.cuda.is_initialized():
             torch.cuda.ipc_collect()  # the child has exited: release what was kept alive for it
     if done is None:
+        return False
+    if done.returncode == 0 and shared is not None and _versions(tensors) != versions:
+        # the child read the live weights while they were edited in place (a LoRA fused mid-build): what it built
+        # may hold a mix under the key of the weights it saw first; drop it, the next call builds again
+        _discard(comp, done.stdout)
+        logger.info("[%s] the weights changed during the build in a separate process; its entry is discarded",
+                    comp.name)
         return False
     if done.returncode != 0:
         lines = [line for line in (done.stdout + done.stderr).splitlines() if "Error" in line or "{" in line]
@@ -121,12 +134,31 @@ def build_in_child(comp: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
     return True
 
 
+def _versions(tensors: dict[str, torch.Tensor]) -> list[int]:
+    return [tensor._version for tensor in tensors.values()]  # detached tensors share the original's counter
+
+
+def _discard(comp: Any, stdout: str) -> None:
+    from .cache import EngineCache
+
+    try:
+        keys = json.loads(stdout.strip().splitlines()[-1])["keys"]
+        cache = EngineCache.from_settings(comp.settings)
+        for key in keys:
+            cache.remove(key)
+    except Exception as err:  # noqa: BLE001 - the entry's key no longer matches these weights either way
+        logger.info("[%s] could not discard the build process's entry (%s: %s)", comp.name, type(err).__name__, err)
+
+
 def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer of ``module`` by name (persistent or not, tied ones under each name), detached:
-    what a child assigns to the module it rebuilt, so that it holds exactly the parent's tensors."""
+    """Every parameter and buffer of ``module`` by name (persistent or not), detached: what a child assigns to the
+    module it rebuilt, so that it holds exactly the parent's tensors. Tied ones (T5's shared embedding) are one
+    object under each of their names, and stay tied in the child (the key counts a tied weight once)."""
     named = dict(module.named_parameters(remove_duplicate=False))
     named.update(module.named_buffers(remove_duplicate=False))
-    return {name: tensor.detach() for name, tensor in named.items() if tensor is not None}
+    detached: dict[int, torch.Tensor] = {}
+    return {name: detached.setdefault(id(tensor), tensor.detach()) for name, tensor in named.items()
+            if tensor is not None}
 
 
 def share_cuda(tensors: dict[str, torch.Tensor]) -> bytes | None:
@@ -192,6 +224,7 @@ def _rebuild(recipe: dict[str, Any]) -> torch.nn.Module:
 def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], requires_grad: set[str]) -> None:
     """Put the parent's tensors in place of ``module``'s own, by name: parameters stay parameters (with the
     parent's ``requires_grad``), buffers stay buffers. A name the rebuilt module lacks is an error."""
+    parameters: dict[int, torch.nn.Parameter] = {}  # one Parameter per tensor: tied names stay tied
     for name, tensor in tensors.items():
         owner_name, _, leaf = name.rpartition(".")
         try:
@@ -201,7 +234,8 @@ def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], re
         if owner is None:
             raise KeyError(f"the rebuilt module has no parameter or buffer {name!r}")
         if leaf in owner._parameters:
-            owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=name in requires_grad)
+            owner._parameters[leaf] = parameters.setdefault(
+                id(tensor), torch.nn.Parameter(tensor, requires_grad=name in requires_grad))
         elif leaf in owner._buffers:
             owner._buffers[leaf] = tensor
         else:

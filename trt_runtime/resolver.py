@@ -200,6 +200,11 @@ class _Job:
     row: Any
     run_call: bool
     revalidate: bool = False
+    mismatched: bool = False
+    """A loaded artifact of this key missed its validation against eager: not loaded again by this job, and the
+    entry built instead says so (``_REBUILT_AFTER_MISMATCH``)."""
+    error_at_build: float | None = None
+    """The relative error against eager that the last validation measured."""
 
     @property
     def runtime(self) -> TensorRTRuntime:
@@ -246,7 +251,7 @@ class _Job:
     # ------------------------------------------------------------------------------------------ disk
     def load(self, quiet: bool = False) -> Resolution | None:
         runtime, comp = self.runtime, self.comp
-        if not self.persisting:
+        if not self.persisting or self.mismatched:
             return None
         with _phase(self.phases, "checksum"):
             entry = self.cache.read(self.key)
@@ -287,8 +292,13 @@ class _Job:
             return Resolution(State.FAILED, self.key, error=self.row.error, output=NOTHING)
         if getattr(fn, "validate_on_load", False) and not self.revalidate and \
                 not self._validate(output, _recorded_error(entry.meta)):
+            if entry.meta.get(_REBUILT_AFTER_MISMATCH):
+                # built again after the same miss in another process, and missed again: it is not a bad entry but
+                # this machine's compile; remembered as a failure, not rebuilt by every process
+                return self.failed(None, ValidationError, replace_ready=True)
             comp.warn_once(f"load-validation:{self.key}", "[%s] the cached artifact %s does not match eager PyTorch "
                            "(%s); building it again", comp.name, entry.path, self.row.error)
+            self.mismatched = True
             return None
         seconds = time.perf_counter() - started
         self.cache.touch(entry)
@@ -304,6 +314,7 @@ class _Job:
                     comp.name, self.backend.name, shapes, self.key[:12],
                     extra=event("build_start", comp.name, backend=self.backend.name, shapes=shapes))
         started = time.perf_counter()
+        self.error_at_build = None  # a failed load's validation measured another artifact
         try:
             with Heartbeat(comp.name, self.backend.name, settings.progress_interval_s, logger), \
                     _phase(self.phases, "compile"):
@@ -319,10 +330,11 @@ class _Job:
         where = "kept in memory"
         if self.persisting and self.cache.writable:
             meta = {**self.meta, "compile_seconds": round(seconds, 3), **self.backend.artifact_meta(fn)}
-            if getattr(fn, "validate_on_load", False) and output is not NOTHING:
-                # what a later process's first load is held to: this artifact's own distance from eager
-                with _phase(self.phases, "validate"), _no_cudnn_autotuning():
-                    meta[_ERROR_AT_BUILD] = relative_error(output, self._call(comp.eager))
+            if self.mismatched:
+                meta[_REBUILT_AFTER_MISMATCH] = True
+            error = self._error_at_build(fn, output)
+            if error is not None:
+                meta[_ERROR_AT_BUILD] = error
             logger.debug("[%s] saving the artifact", comp.name, extra=event("phase", comp.name, phase="save"))
             try:
                 with _phase(self.phases, "save"):
@@ -348,6 +360,29 @@ class _Job:
         except Exception as err:  # noqa: BLE001 - a serializer that cannot handle this artifact
             raise _SaveFailed(f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}") from err
 
+    def _error_at_build(self, fn: Callable[..., Any], output: Any) -> float | None:
+        """For an artifact that is validated when loaded: its distance from eager now, which a later process's
+        first load is held to. None where it cannot be measured (no output, eager fails, not finite)."""
+        if not getattr(fn, "validate_on_load", False) or output is NOTHING:
+            return None
+        error = self.error_at_build
+        if error is None:
+            try:
+                with _phase(self.phases, "validate"), _no_cudnn_autotuning():
+                    error = relative_error(output, self._call(self.comp.eager))
+            except Exception as err:  # noqa: BLE001 - a measurement only: the entry is saved without it
+                logger.debug("[%s] no error against eager recorded (%s: %s)", self.comp.name, type(err).__name__,
+                             err)
+                return None
+        if not math.isfinite(error):
+            return None
+        tolerance = self.comp.settings.tolerance or default_tolerance(self.comp.precision)
+        if error > tolerance:
+            self.comp.warn_once(f"build-error:{self.key}", "[%s] the compiled artifact differs from eager PyTorch by "
+                                "%.3g (tolerance %.3g); set validate=True to refuse such builds", self.comp.name,
+                                error, tolerance)
+        return error
+
     def _validate(self, output: Any, at_build: float | None = None) -> bool:
         """Compare ``output`` with eager's for this call. Accepted within the settings' tolerance, or, for an
         artifact loaded from disk, within twice the distance it had from eager when it was built (a deep
@@ -359,15 +394,17 @@ class _Job:
             reference = self._call(comp.eager)
             tolerance = comp.settings.tolerance or default_tolerance(comp.precision)
             if at_build is not None:
-                tolerance = max(tolerance, 2.0 * at_build)
+                tolerance = max(tolerance, min(2.0 * at_build, _MAX_LOAD_SLACK * tolerance))
             error = relative_error(output, reference)
+        self.error_at_build = error
         if error <= tolerance:
             logger.info("[%s] validated against eager: relative error %.3g", comp.name, error)
             return True
         self.row.error = f"output differs from eager by {error:.3g} (tolerance {tolerance:.3g})"
         return False
 
-    def failed(self, err: BaseException | None, exc_type: type[TrtRuntimeError]) -> Resolution:
+    def failed(self, err: BaseException | None, exc_type: type[TrtRuntimeError], *,
+               replace_ready: bool = False) -> Resolution:
         """Classify a failure (caller's, transient, deterministic), remember it accordingly."""
         runtime, comp = self.runtime, self.comp
         error = self.row.error if err is None else f"{type(err).__name__}: {err}".strip()[:2000]
@@ -391,7 +428,7 @@ class _Job:
             return Resolution(State.FAILED, self.key, error=error, output=output, transient=True)
         if self.persisting and self.cache.writable:
             try:
-                self.cache.write_failure(self.key, self.meta, error)
+                self.cache.write_failure(self.key, self.meta, error, replace_ready=replace_ready)
             except CacheError as cache_err:
                 runtime.cache_unwritable(comp, cache_err)
         comp.warn_once(f"build:{self.key}", "[%s] build for input shapes %s failed, running eagerly from now on: "
@@ -401,6 +438,10 @@ class _Job:
 
 _ERROR_AT_BUILD = "error_vs_eager_at_build"
 """meta.json field: the relative error against eager an artifact that validates on load had when it was built."""
+_REBUILT_AFTER_MISMATCH = "rebuilt_after_load_mismatch"
+"""meta.json field: this entry replaced one whose loaded artifact did not match eager."""
+_MAX_LOAD_SLACK = 5.0
+"""A loaded artifact is held to twice its error at build time, but never to more than this many tolerances."""
 
 
 def _recorded_error(meta: dict[str, Any]) -> float | None:
