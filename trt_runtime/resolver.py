@@ -203,8 +203,8 @@ class _Job:
     mismatched: bool = False
     """A loaded artifact of this key missed its validation against eager: not loaded again by this job, and the
     entry built instead says so (``_REBUILT_AFTER_MISMATCH``)."""
-    error_at_build: float | None = None
-    """The relative error against eager that the last validation measured."""
+    measured_error: float | None = None
+    """The relative error against eager that this job last measured (``_distance``)."""
 
     @property
     def runtime(self) -> TensorRTRuntime:
@@ -314,7 +314,7 @@ class _Job:
                     comp.name, self.backend.name, shapes, self.key[:12],
                     extra=event("build_start", comp.name, backend=self.backend.name, shapes=shapes))
         started = time.perf_counter()
-        self.error_at_build = None  # a failed load's validation measured another artifact
+        self.measured_error = None  # a failed load's validation measured another artifact
         try:
             with Heartbeat(comp.name, self.backend.name, settings.progress_interval_s, logger), \
                     _phase(self.phases, "compile"):
@@ -365,38 +365,43 @@ class _Job:
         first load is held to. None where it cannot be measured (no output, eager fails, not finite)."""
         if not getattr(fn, "validate_on_load", False) or output is NOTHING:
             return None
-        error = self.error_at_build
+        error = self.measured_error
         if error is None:
             try:
-                with _phase(self.phases, "validate"), _no_cudnn_autotuning():
-                    error = relative_error(output, self._call(self.comp.eager))
+                error = self._distance(output)
             except Exception as err:  # noqa: BLE001 - a measurement only: the entry is saved without it
                 logger.debug("[%s] no error against eager recorded (%s: %s)", self.comp.name, type(err).__name__,
                              err)
                 return None
         if not math.isfinite(error):
             return None
-        tolerance = self.comp.settings.tolerance or default_tolerance(self.comp.precision)
-        if error > tolerance:
+        if error > self.tolerance:
             self.comp.warn_once(f"build-error:{self.key}", "[%s] the compiled artifact differs from eager PyTorch by "
                                 "%.3g (tolerance %.3g); set validate=True to refuse such builds", self.comp.name,
-                                error, tolerance)
+                                error, self.tolerance)
         return error
+
+    @property
+    def tolerance(self) -> float:
+        return self.comp.settings.tolerance or default_tolerance(self.comp.precision)
+
+    def _distance(self, output: Any) -> float:
+        """``output``'s relative error against eager's for this call (eager runs once, without cudnn autotuning)."""
+        with _phase(self.phases, "validate"), _no_cudnn_autotuning():
+            self.measured_error = relative_error(output, self._call(self.comp.eager))
+        return self.measured_error
 
     def _validate(self, output: Any, at_build: float | None = None) -> bool:
         """Compare ``output`` with eager's for this call. Accepted within the settings' tolerance, or, for an
-        artifact loaded from disk, within twice the distance it had from eager when it was built (a deep
-        transformer in bf16 with random weights sits near the tolerance, and eager itself varies between
-        processes): a wrong artifact misses by orders of magnitude, not by a factor of two."""
+        artifact loaded from disk, within twice the distance it had from eager when it was built, at most
+        ``_MAX_LOAD_SLACK`` tolerances (a deep transformer in bf16 with random weights sits near the tolerance, and
+        eager itself varies between processes): a wrong artifact misses by orders of magnitude."""
         comp = self.comp
         logger.debug("[%s] validating against eager", comp.name, extra=event("phase", comp.name, phase="validate"))
-        with _phase(self.phases, "validate"), _no_cudnn_autotuning():
-            reference = self._call(comp.eager)
-            tolerance = comp.settings.tolerance or default_tolerance(comp.precision)
-            if at_build is not None:
-                tolerance = max(tolerance, min(2.0 * at_build, _MAX_LOAD_SLACK * tolerance))
-            error = relative_error(output, reference)
-        self.error_at_build = error
+        error = self._distance(output)
+        tolerance = self.tolerance
+        if at_build is not None:
+            tolerance = max(tolerance, min(2.0 * at_build, _MAX_LOAD_SLACK * tolerance))
         if error <= tolerance:
             logger.info("[%s] validated against eager: relative error %.3g", comp.name, error)
             return True
