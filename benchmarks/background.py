@@ -4,19 +4,23 @@
 What a server sees when it starts: the pipeline is built, wrapped with ``background=True``, and asked for
 images at once. The figures, as one JSON line:
 
-- ``eager_image_s``: an unwrapped image, warm (median of two after a first one that warms cuDNN and
-  allocators): the latency the first wrapped image is compared with;
+- ``eager_image_s``: an unwrapped image, warm (median of ``eager_images``, four after a first one that warms
+  cuDNN and allocators): the latency the first wrapped image is compared with;
 - ``background_first_image_s``: the first image with ``wrap_pipeline(pipe, background=True)``, while
   the builds run beside it; ``background_first_vs_eager`` is its ratio to ``eager_image_s``;
 - ``background_images``: the per-image seconds of every image generated until the builds are done
   (what requests see meanwhile; the image whose call loads an artifact a build process wrote carries that
   load) and ``background_ready_s``, seconds from wrapping until every artifact is in use;
 - ``compiled_image_s``: an image once the artifacts are swapped in.
+
+``--profile N`` adds the N costliest functions of the first wrapped image in the calling thread
+(``background_first_profile``, cProfile): what the wrapper itself adds to that image.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import statistics
 import time
@@ -24,6 +28,7 @@ import time
 import torch
 
 from .pipelines import PIPELINES, build_pipeline, generate
+from .warm_start import costliest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", help="the runtime's backend setting (default: auto)")
     parser.add_argument("--json", help="also write the figures to this file after every image (a run cut off "
                                        "by a time limit keeps what it measured)")
+    parser.add_argument("--profile", type=int, default=0, help="report the N costliest functions of the first "
+                                                                "wrapped image")
     args = parser.parse_args(argv)
 
     import trt_runtime
@@ -67,12 +74,20 @@ def main(argv: list[str] | None = None) -> int:
                 json.dump(figures, out)
 
     figures["eager_first_image_s"] = image()
-    figures["eager_image_s"] = statistics.median([image(), image()])
+    figures["eager_images"] = [image() for _ in range(4)]
+    figures["eager_image_s"] = statistics.median(figures["eager_images"])
     runtime = trt_runtime.TensorRTRuntime(background=True, backend=args.backend)
     figures["backend"] = args.backend
     wrapped_at = time.perf_counter()
     trt_runtime.wrap_pipeline(pipe, runtime=runtime)
+    figures["wrap_s"] = time.perf_counter() - wrapped_at
+    profiler = cProfile.Profile() if args.profile else None
+    if profiler is not None:
+        profiler.enable()
     figures["background_first_image_s"] = image()
+    if profiler is not None:
+        profiler.disable()
+        figures["background_first_profile"] = costliest(profiler, args.profile)
     figures["background_first_vs_eager"] = figures["background_first_image_s"] / figures["eager_image_s"]
     images = figures["background_images"] = [figures["background_first_image_s"]]
     record()

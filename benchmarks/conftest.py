@@ -36,6 +36,8 @@ def pytest_addoption(parser):
                     help="cases whose warm start in a fresh process is measured: names, 'all', 'none' or "
                     "'default' (sd15_unet on a GPU; none on a CPU, where inductor's cache artifacts carry no "
                     "compiled C++ kernels, so a fresh process rebuilds them and the figure says little)")
+    group.addoption("--bench-warm-profile", type=int, default=0,
+                    help="report the N costliest functions of each warm start's first call (cProfile)")
     group.addoption("--bench-settings", default="{}",
                     help='RuntimeSettings overrides for the trt_runtime variant, JSON: \'{"cuda_graphs": true}\'')
     group.addoption("--bench-json", default=None, help="write every figure to this JSON file (updated per case)")
@@ -92,6 +94,7 @@ class Options:
         self.warm_start = config.getoption("--bench-warm-start")
         if self.warm_start == "default":
             self.warm_start = "sd15_unet" if self.device.type == "cuda" else "none"
+        self.warm_profile = config.getoption("--bench-warm-profile")
         self.settings: dict[str, Any] = json.loads(config.getoption("--bench-settings"))
         self.scratch = _SCRATCH
         chosen = set(config.getoption("--bench-variants").split(","))

@@ -267,14 +267,15 @@ def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def warm_start(case: Case, size: str, device: torch.device, dtype: torch.dtype, cache_dir: Path,
-               scratch: Path, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+               scratch: Path, settings: dict[str, Any] | None = None, profile: int = 0) -> dict[str, Any]:
     """First call in a fresh Python process that finds the engine cache but an empty inductor cache, with the
     same runtime settings as the cold process (they are part of the cache key)."""
     inductor = scratch / f"inductor-warm-{case.name}"
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(inductor), TRT_CACHE_DIR=str(cache_dir))
     env.setdefault("TRT_RUNTIME_VERBOSITY", "info")  # its log says whether it loaded, and why not
     command = [sys.executable, "-m", "benchmarks.warm_start", case.name, "--size", size, "--device", str(device),
-               "--dtype", str(dtype).removeprefix("torch."), "--settings", json.dumps(settings or {})]
+               "--dtype", str(dtype).removeprefix("torch."), "--settings", json.dumps(settings or {}),
+               "--profile", str(profile)]
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     wall = time.perf_counter() - start

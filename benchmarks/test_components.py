@@ -40,7 +40,7 @@ def prepared(case_name, options, recorder):
     ready.figures["trt_runtime_graph_bytes"] = graph_memory(ready)
     if options.measures_warm_start(case_name) and "trt_runtime" in ready.runs:
         ready.figures.update(warm_start(case, options.size, options.device, dtype, cache, options.scratch,
-                                              options.settings))
+                                        options.settings, profile=options.warm_profile))
         cold = ready.figures["trt_runtime_first_call_s"]
         if "warm_start_s" in ready.figures:
             ready.figures["warm_start_fraction_of_cold"] = ready.figures["warm_start_s"] / cold

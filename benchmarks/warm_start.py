@@ -3,13 +3,17 @@
 Builds the case's module, wraps it with trt_runtime (cache dir from ``TRT_CACHE_DIR``) and times the first
 call, which should load the artifact a previous process stored instead of compiling. Prints one JSON line:
 ``warm_start_s`` (first call: lookup, load and run), ``warm_start_build_s`` (building the module, the same
-with or without trt_runtime), and the runtime's counters (``loads`` 1 and ``compiles`` 0 when it worked).
+with or without trt_runtime), the runtime's counters (``loads`` 1 and ``compiles`` 0 when it worked) and its
+phases (``warm_start_runtime_phases``: fingerprint, checksum, load, validate...). ``--profile N`` adds the N
+functions with the most cumulative time in the first call (``warm_start_profile``, cProfile of this thread).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import time
 
 import torch
@@ -24,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--settings", default="{}", help="runtime settings as JSON (the cold process's)")
+    parser.add_argument("--profile", type=int, default=0, help="report the N costliest functions of the first call")
     args = parser.parse_args(argv)
 
     import trt_runtime
@@ -40,17 +45,38 @@ def main(argv: list[str] | None = None) -> int:
     runtime = trt_runtime.TensorRTRuntime(**settings)
     case.wrap(module, runtime)
     loading = _time_artifact_loading()
+    profiler = cProfile.Profile() if args.profile else None
     start = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     with torch.inference_mode():
         case.call(module, inputs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+    if profiler is not None:
+        profiler.disable()
     first = time.perf_counter() - start
     totals = runtime.stats.totals()
-    print(json.dumps({"warm_start_s": first, "warm_start_build_s": build_s, "warm_start_loads": totals["loads"],
-                      "warm_start_compiles": totals["compiles"], "warm_start_fallbacks": totals["fallbacks"],
-                      "warm_start_load_artifacts_s": sum(loading), "warm_start_phases": _phases()}))
+    phases: dict[str, float] = {}
+    for row in runtime.stats.rows():
+        for phase, seconds in row.phases.items():
+            phases[phase] = phases.get(phase, 0.0) + seconds
+    figures = {"warm_start_s": first, "warm_start_build_s": build_s, "warm_start_loads": totals["loads"],
+               "warm_start_compiles": totals["compiles"], "warm_start_fallbacks": totals["fallbacks"],
+               "warm_start_load_artifacts_s": sum(loading), "warm_start_phases": _phases(),
+               "warm_start_runtime_phases": phases}
+    if profiler is not None:
+        figures["warm_start_profile"] = costliest(profiler, args.profile)
+    print(json.dumps(figures))
     return 0
+
+
+def costliest(profiler: cProfile.Profile, count: int) -> list[str]:
+    """The ``count`` functions with the most cumulative time, one line each: seconds, calls, where."""
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][3], reverse=True)[:count]  # type: ignore[attr-defined]
+    return [f"{cumulative:8.3f} s {calls:7d} {file}:{line}({name})"
+            for (file, line, name), (_, calls, _, cumulative, _) in rows]
 
 
 def _time_artifact_loading() -> list[float]:

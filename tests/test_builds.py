@@ -105,6 +105,15 @@ def test_a_full_queue_runs_eagerly_and_asks_again_later(cache_dir):
     _wait_for(lambda: rt.stats.totals()["compiles"] == 3)
 
 
+def test_the_eager_backend_queues_no_build(cache_dir):
+    rt = TensorRTRuntime(backend="eager", cache_dir=cache_dir, background=True)
+    w = TensorRTModule(tiny_mlp(), runtime=rt, name="mlp")
+    x = torch.randn(2, 8)
+    torch.testing.assert_close(w(x), w.module(x))
+    assert [slot.state.value for slot in w.component.slots.values()] == ["eager"]
+    assert not w.component.slots[next(iter(w.component.slots))].handover
+
+
 def test_shutdown_drops_pending_builds(cache_dir):
     rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
     w = TensorRTModule(tiny_mlp(), runtime=rt, name="mlp")
@@ -235,6 +244,108 @@ def test_tied_weights_stay_tied_in_a_build_process():
     assign_tensors(child, module_tensors(parent), {n for n, p in parent.named_parameters() if p.requires_grad})
     assert child.shared.weight is child.encoder.embed_tokens.weight
     assert module_fingerprint(child) == module_fingerprint(parent)
+
+
+def test_a_build_process_rebuilds_on_the_meta_device_and_holds_the_parents_tensors():
+    """No random initialisation on the host (Flux's would be 48 GB): the rebuilt module's tensors are all the
+    parent's, and what it computes is the parent's output exactly."""
+    from tests.support import tiny_models as tm
+    from trt_runtime.build_process import _recipe, module_tensors, rebuild
+
+    parent = tm.sd_unet(seed=0)
+    tensors = module_tensors(parent)
+    built = []
+    original = torch.nn.init.kaiming_uniform_
+
+    def spy(tensor, *args, **kwargs):
+        built.append(tensor.device.type)
+        return original(tensor, *args, **kwargs)
+
+    torch.nn.init.kaiming_uniform_ = spy
+    try:
+        child = rebuild(_recipe(parent), tensors, set())
+    finally:
+        torch.nn.init.kaiming_uniform_ = original
+    assert built and set(built) == {"meta"}, built
+    for name, tensor in [*child.named_parameters(), *child.named_buffers()]:
+        assert tensor.data_ptr() == tensors[name].data_ptr(), name
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 8, 32, generator=g)
+    torch.testing.assert_close(child(x, 10, ctx).sample, parent(x, 10, ctx).sample, rtol=0, atol=0)
+
+
+class _PlainTensorAttribute(torch.nn.Module):
+    """A module with a tensor that is neither a parameter nor a buffer (the parent does not list it)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(width, width)
+        self.scale = torch.full((width,), 2.0)
+
+    def forward(self, x):
+        return self.linear(x) * self.scale
+
+
+def test_a_module_with_a_plain_tensor_attribute_is_rebuilt_on_the_host(monkeypatch):
+    from trt_runtime import build_process
+
+    monkeypatch.setattr(build_process, "_rebuild", lambda recipe: _PlainTensorAttribute(recipe["width"]))
+    parent = _PlainTensorAttribute(4)
+    child = build_process.rebuild({"class": "test", "width": 4}, build_process.module_tensors(parent), set())
+    assert not child.scale.is_meta
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(child(x), parent(x), rtol=0, atol=0)
+
+
+def test_build_processes_are_stopped_at_shutdown():
+    """A build nobody will load must not keep the GPU busy or write to the cache after its server has gone."""
+    import sys
+
+    from trt_runtime import build_process
+
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(
+        build_process._wait_for_child([sys.executable, "-c", "import time; time.sleep(120)"])))
+    started = time.monotonic()
+    waiter.start()
+    _wait_for(lambda: build_process._CHILDREN, timeout=30)
+    assert build_process.stop_children(wait_s=10) == 1
+    waiter.join(30)
+    assert result == [None] and time.monotonic() - started < 60
+    assert not build_process._CHILDREN
+    done = build_process._wait_for_child([sys.executable, "-c", "print('later builds still run')"])
+    assert done is not None and done.returncode == 0 and "still run" in done.stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs /proc")
+def test_a_build_process_stops_when_its_parent_dies_and_runs_at_a_lower_priority():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    child = ("import os, time; from trt_runtime import build_process as b; b._lower_priority(); "
+             "b._exit_with_parent(); print(os.getpid(), os.nice(0), flush=True); time.sleep(120)")
+    parent = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', sys.argv[1]]); "
+              "time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", parent, child], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, nice = map(int, proc.stdout.readline().split())
+        assert nice == min(19, os.nice(0) + 10)
+        assert _alive(pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _wait_for(lambda: not _alive(pid), timeout=30)
+    finally:
+        proc.kill()
 
 
 def test_weights_on_the_cpu_are_copied_not_shared():

@@ -13,6 +13,12 @@ inputs through a private temporary folder: the module's config, the call, the se
 buffer by name; nothing of it is executed from an untrusted place (the folder is created 0700 by this process and
 removed afterwards).
 
+The child starts at a lower CPU priority (``nice`` +10, inherited by inductor's compile workers) and rebuilds the
+module on the meta device, then puts the parent's tensors in place: it neither initialises random weights on the
+host (minutes of CPU and 48 GB for Flux) nor competes with the caller's kernel launches for the CPU. A child ends
+with its parent: at exit the parent stops the builds it started (``stop_children``), and a child whose parent died
+stops itself.
+
 Weights on a GPU are not copied: the child maps the parent's own memory (CUDA IPC handles, as
 ``torch.multiprocessing`` passes tensors), so the first call does not wait for gigabytes to go to the host and
 to disk while the caller generates, and the child holds no second copy. The child only reads them. Where that
@@ -32,12 +38,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["can_build_in_process", "build_in_child", "main", "IMPORTS_ENV"]
+__all__ = ["can_build_in_process", "build_in_child", "stop_children", "rebuild", "main", "IMPORTS_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +57,11 @@ _EXIT_NO_SHARED = 75
 """The child's exit status when it cannot open the parent's shared weights: the parent sends copies instead."""
 _SHARING_FAILED = False
 """Set when a build process could not map this process's weights: later builds send copies."""
+_NICE = 10
+"""How much lower the child's CPU priority is than the parent's: the caller's launches come first."""
+_CHILDREN: dict[subprocess.Popen, bool] = {}
+"""The build processes running, and whether ``stop_children`` stopped them."""
+_CHILDREN_LOCK = threading.Lock()
 
 
 def _qualname(obj: Any) -> str:
@@ -202,15 +215,100 @@ def _run_child(comp: Any, module: torch.nn.Module, args: tuple, kwargs: dict[str
         torch.save(payload, folder / "build.pt")
         logger.info("[%s] building in a separate process (weights %s)", comp.name,
                     "copied" if shared is None else "shared with it, not copied")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        return subprocess.run([sys.executable, "-m", "trt_runtime.build_process", str(folder / "build.pt")],
-                              capture_output=True, text=True, timeout=_TIMEOUT_S, env=env)
+        return _wait_for_child([sys.executable, "-m", "trt_runtime.build_process", str(folder / "build.pt")])
     except Exception as err:  # noqa: BLE001 - the in-process build is always there
         logger.info("[%s] could not build in a separate process (%s: %s); building in this process", comp.name,
                     type(err).__name__, err)
         return None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for_child(command: list[str]) -> subprocess.CompletedProcess | None:
+    """Run the build process to its end; None when this process stopped it (exiting) or it ran too long."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    with _CHILDREN_LOCK:
+        _CHILDREN[child] = False
+    try:
+        stdout, stderr = child.communicate(timeout=_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        logger.warning("a build process ran for more than %d s and was stopped", _TIMEOUT_S)
+        return None
+    finally:
+        with _CHILDREN_LOCK:
+            stopped = _CHILDREN.pop(child, False)
+    if stopped:
+        return None
+    return subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
+
+
+def stop_children(wait_s: float = 5.0) -> int:
+    """Stop every build process this process started (at exit: a build nobody will load must not keep a GPU busy
+    or write to the cache after its server has gone). Returns how many were running."""
+    with _CHILDREN_LOCK:
+        children = list(_CHILDREN)
+        _CHILDREN.update(dict.fromkeys(children, True))
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + wait_s
+    for child in children:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return len(children)
+
+
+def _exit_with_parent() -> None:
+    """In the child: stop when the parent is gone (killed, crashed), instead of building for nobody."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="trt_runtime-parent-watch", daemon=True).start()
+
+
+def _lower_priority() -> None:
+    try:
+        os.nice(_NICE)
+    except (AttributeError, OSError):  # not on this platform, or not permitted: build at the same priority
+        pass
+
+
+def rebuild(recipe: dict[str, Any], tensors: dict[str, torch.Tensor], requires_grad: set[str]) -> torch.nn.Module:
+    """The module from its recipe, holding ``tensors``. Built on the meta device (no host memory, no random
+    initialisation), then given the parent's tensors; where a tensor is left on the meta device after that (a
+    plain tensor attribute made in ``__init__``, which the parent does not list), it is built again on the host."""
+    with torch.device("meta"):
+        module = _rebuild(recipe)
+    assign_tensors(module, tensors, requires_grad)
+    left = _left_on_meta(module)
+    if left is None:
+        return module
+    logger.info("rebuilding %s on the host: %s is not a parameter or buffer", recipe["class"], left)
+    module = _rebuild(recipe)
+    assign_tensors(module, tensors, requires_grad)
+    return module
+
+
+def _left_on_meta(module: torch.nn.Module) -> str | None:
+    """The name of a tensor of ``module`` still on the meta device, if any."""
+    for prefix, sub in module.named_modules():
+        for name, value in vars(sub).items():
+            values = value.items() if name in ("_parameters", "_buffers") else [(name, value)]
+            for leaf, item in values:
+                items = item if isinstance(item, (list, tuple)) else [item]
+                if any(isinstance(t, torch.Tensor) and t.is_meta for t in items):
+                    return f"{prefix}.{leaf}".lstrip(".")
+    return None
 
 
 def _rebuild(recipe: dict[str, Any]) -> torch.nn.Module:
@@ -251,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in filter(None, os.environ.get(IMPORTS_ENV, "").split(",")):
         importlib.import_module(name.strip())  # e.g. modules that register custom backends
+    _lower_priority()
+    _exit_with_parent()
     path = Path((argv or sys.argv[1:])[0])
     payload = torch.load(path, weights_only=False)  # written by our parent into a private folder, just now
     spec = payload["spec"]
@@ -261,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001
             print(f"cannot map the parent's weights ({type(err).__name__}: {err})", file=sys.stderr)
             return _EXIT_NO_SHARED
-    module = _rebuild(spec["recipe"])
-    assign_tensors(module, tensors, set(spec["requires_grad"]))
+    module = rebuild(spec["recipe"], tensors, set(spec["requires_grad"]))
     module = module.to(device=spec["device"]).eval()  # the parent's tensors are there already, in its dtypes
     args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(spec["device"]), payload["call"])
     settings = RuntimeSettings(**spec["settings"])

@@ -123,16 +123,23 @@ def queue_for(device: torch.device | None, max_pending: int) -> BuildQueue:
 
 
 def shutdown_all(wait_s: float = 0.0) -> None:
-    """Cancel every queue's pending builds (registered with ``atexit``)."""
+    """Cancel every queue's pending builds and stop the build processes (registered with ``atexit``)."""
+    from . import build_process
+
     with _LOCK:
         queues = list(_QUEUES.values())
         _QUEUES.clear()
+    running = [build_queue.running for build_queue in queues]
     for build_queue in queues:
-        running = build_queue.running
+        build_queue.shutdown(0.0)  # cancelled first: a stopped build process then hands nothing over
+    stopped = build_process.stop_children() if any(running) else 0
+    for build_queue, current in zip(queues, running, strict=True):
         dropped = build_queue.shutdown(wait_s)
-        if dropped or running:
+        if dropped or current:
             logger.info("cancelled %d queued background build(s)%s", len(dropped),
-                        f"; abandoned the one in progress ({running})" if running else "")
+                        f"; stopped the one in progress ({current})" if current else "")
+    if stopped:
+        logger.debug("stopped %d build process(es)", stopped)
 
 
 def grad_modes() -> tuple[bool, bool]:

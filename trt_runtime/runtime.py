@@ -26,7 +26,7 @@ from .backends import Backend, check_backend_name, select_backend
 from .cache import EngineCache
 from .calls import short_shapes, tensor_shapes
 from .component import Component
-from .errors import CacheError, EngineRunError, UnkeyableInputError
+from .errors import CacheError, EngineRunError, TrtRuntimeError, UnkeyableInputError
 from .graphs import unsafe_reason
 from .logging_utils import install_default_handler
 from .resolver import NOTHING, Resolution, Resolver
@@ -219,8 +219,17 @@ class TensorRTRuntime:
         except BaseException:
             self._forget(comp, sig, slot)
             raise
+        try:
+            backend = self.backend_for(comp.device, comp.settings)
+        except TrtRuntimeError as err:  # the next call resolves it in the caller's thread, which says why
+            with comp.lock:
+                slot.move(State.EAGER, error=str(err), retry_at=time.monotonic(), handover=True)
+            return out
+        if backend.name == "eager":  # nothing to build: no worker, no build process
+            self._apply(comp, slot, Resolution(State.EAGER, error="backend 'eager'"), generation)
+            return out
         in_child = comp.settings.build_process and build_process.can_build_in_process(comp)
-        beside = self.backend_for(comp.device, comp.settings).builds_beside_calls
+        beside = backend.builds_beside_calls
         if not (in_child or beside):  # nothing the worker may do: the next call builds it, in this thread
             self._hand_over(comp, slot, built=False, in_child=False)
             return out
