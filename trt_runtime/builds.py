@@ -2,8 +2,10 @@
 
 With ``RuntimeSettings.background`` a miss does not make its caller wait: the call runs eagerly, the
 build is queued here, and every call of that signature runs eagerly until the worker hands over. The
-worker only waits for a build process (``build_process.py``) for compilers that trace; the next call then
-loads the entry in the caller's thread (``Backend.builds_beside_calls`` says why never in this thread).
+worker only waits for a build process (``build_process.py``) for compilers that trace; it then loads, runs and
+checks the entry itself where that traces nothing (an ahead-of-time inductor function: ``Backend.loads_beside_calls``),
+so that no call waits for the load; otherwise the next call loads it in the caller's thread
+(``Backend.builds_beside_calls`` says why never in this thread).
 One build at a time per device by default, since two builds on one GPU compete for its memory and
 gain little; a full queue turns the request away and the signature asks again later.
 

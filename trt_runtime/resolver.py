@@ -121,6 +121,16 @@ class Resolver:
         """Resolve ``sig``. ``previous`` is the slot being re-resolved (stale or retried);
         ``run_call=False`` when the call was already answered eagerly (background builds): then the
         resolver only needs the call as an example, and a failing example is not re-checked eagerly."""
+        return self._resolve(comp, sig, args, kwargs, previous=previous, run_call=run_call)
+
+    def load_beside_calls(self, comp: Component, sig: tuple, args: tuple, kwargs: dict[str, Any]) -> Resolution | None:
+        """In a build worker, beside the caller's running modules: load, run and validate the entry a build process
+        wrote for ``sig`` (an example call), where its backend can do that without tracing. None when it cannot
+        or the entry does not serve (the caller's thread then resolves it, and says why)."""
+        return self._resolve(comp, sig, args, kwargs, previous=None, run_call=False, beside=True)
+
+    def _resolve(self, comp: Component, sig: tuple, args: tuple, kwargs: dict[str, Any], *,
+                 previous: Any, run_call: bool, beside: bool = False) -> Resolution | None:
         runtime, settings = self.runtime, comp.settings
         try:
             backend = runtime.backend_for(comp.device, settings)
@@ -131,6 +141,8 @@ class Resolver:
             return Resolution(State.EAGER, error=str(err))
         if backend.name == "eager":
             return Resolution(State.EAGER, error="backend 'eager'")
+        if beside and not backend.persistent:
+            return None
 
         phases: dict[str, float] = {}
         shapes = tensor_shapes(args, kwargs)
@@ -148,6 +160,8 @@ class Resolver:
                     return refitted
             elif previous.key == key:  # the artifact reads weights at run time: nothing to redo
                 return job.ready(previous.fn, NOTHING, source=None)
+        if beside:
+            return job.load(beside=True)
         loaded = job.load()
         if loaded is not None:
             return loaded
@@ -249,7 +263,10 @@ class _Job:
                           f"in {self.phases['refit']:.2f} s", refits=1)
 
     # ------------------------------------------------------------------------------------------ disk
-    def load(self, quiet: bool = False) -> Resolution | None:
+    def load(self, quiet: bool = False, beside: bool = False) -> Resolution | None:
+        """The entry of this key loaded, run on the call and checked, or None (a miss). ``beside``: in a worker
+        thread beside running modules, where only artifacts that load without tracing may be loaded, and an
+        entry that does not serve is left to the caller's thread (which loads it again and says why)."""
         runtime, comp = self.runtime, self.comp
         if not self.persisting or self.mismatched:
             return None
@@ -273,6 +290,8 @@ class _Job:
         try:
             # the reader lock keeps eviction away, and a program with undeclared pickles is refused
             with self.cache.loading(entry) as folder:
+                if beside and not self.backend.loads_beside_calls(folder):
+                    return None
                 with _phase(self.phases, "load"):
                     fn = self.backend.load(self.request, folder)
                 if "weights" in self.meta and entry.meta.get("weights") != self.meta["weights"]:
@@ -284,6 +303,10 @@ class _Job:
         except CacheError:
             return None  # refused or gone: the cache has said why (once)
         except Exception as err:  # noqa: BLE001 - an artifact that does not load is a miss
+            if beside:
+                logger.debug("[%s] %s did not load beside the running calls (%s: %s)", comp.name, entry.path,
+                             type(err).__name__, err)
+                return None
             logger.warning("[%s] cached artifact %s could not be loaded (%s: %s); building it again",
                            comp.name, entry.path, type(err).__name__, err,
                            extra=event("load_end", comp.name, ok=False))
@@ -292,6 +315,8 @@ class _Job:
             return Resolution(State.FAILED, self.key, error=self.row.error, output=NOTHING)
         if getattr(fn, "validate_on_load", False) and not self.revalidate and \
                 not self._validate(output, _recorded_error(entry.meta)):
+            if beside:
+                return None
             if entry.meta.get(_REBUILT_AFTER_MISMATCH):
                 # built again after the same miss in another process, and missed again: it is not a bad entry but
                 # this machine's compile; remembered as a failure, not rebuilt by every process
@@ -304,7 +329,10 @@ class _Job:
         self.cache.touch(entry)
         message = None if quiet else f"loaded {self.backend.name} artifact from {entry.path} in {seconds:.2f} s"
         logger.debug("[%s] loaded", comp.name, extra=event("load_end", comp.name, seconds=seconds, ok=True))
-        return self.ready(fn, output, message, loads=1, load_seconds=seconds, calls=1, refits=refits)
+        if beside:
+            message = f"loaded {self.backend.name} artifact from {entry.path} in {seconds:.2f} s, beside the calls"
+        return self.ready(fn, output, message, loads=1, load_seconds=seconds, calls=int(self.run_call),
+                          refits=refits)
 
     # ------------------------------------------------------------------------------------------ build
     def build(self) -> Resolution:

@@ -5,7 +5,8 @@ signature up in memory (a tuple hash: no weight hashing, no module walk) and doe
 state says (``state.py``): run the compiled callable, through CUDA graphs where safe (``graphs.py``), or
 run eagerly. A miss, a stale signature or a retry that is due goes to the resolver (``resolver.py``),
 in the caller's thread or, with ``background=True``, through a build worker (``builds.py``: a build process
-writes the entry, the caller's next call loads it) while the caller runs eagerly. No lock is held while a
+writes the entry, and the worker loads it where that traces nothing, else the caller's next call does) while the
+caller runs eagerly. No lock is held while a
 build runs: other signatures, and other calls of the same signature, keep running (eagerly, until the
 artifact is ready).
 """
@@ -248,6 +249,11 @@ class TensorRTRuntime:
                 torch.cuda.current_stream().wait_event(ready_event)
             with builds.entered(modes):
                 built = in_child and build_process.build_in_child(comp, *example)  # writes the entry
+                if built and not build_queue.cancelled():
+                    loaded = self._load_beside_calls(comp, sig, example)
+                    if loaded is not None:
+                        self._apply(comp, slot, loaded, generation)
+                        return
                 if built or not beside:
                     if not build_queue.cancelled():
                         self._hand_over(comp, slot, built, in_child)
@@ -269,6 +275,16 @@ class TensorRTRuntime:
             with comp.lock:
                 slot.move(State.EAGER, error="build queue full", retry_at=time.monotonic() + _QUEUE_FULL_RETRY_S)
         return out
+
+    def _load_beside_calls(self, comp: Component, sig: tuple, example: tuple) -> Resolution | None:
+        """Load what a build process wrote here, in the worker, so that no caller waits for it (an SD1.5 UNet's load
+        took 11 s of one image in the caller's thread); None leaves it to the caller's next call."""
+        try:
+            result = self.resolver.load_beside_calls(comp, sig, *example)
+        except Exception as err:  # noqa: BLE001 - the caller's thread loads it instead, and reports
+            logger.debug("[%s] no load beside the calls (%s: %s)", comp.name, type(err).__name__, err)
+            return None
+        return result if result is not None and result.state in (State.READY, State.FAILED) else None
 
     def _hand_over(self, comp: Component, slot: Slot, built: bool, in_child: bool) -> None:
         """Leave the rest of a background build to the caller's thread: its next call of this signature

@@ -11,11 +11,13 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from trt_runtime import Dim, EngineBuildError, TensorRTModule, TensorRTRuntime
+from trt_runtime.backends.inductor import InductorBackend
 
 pytestmark = pytest.mark.slow
 
@@ -190,7 +192,8 @@ def test_precompiled_artifacts_load_in_a_new_process_without_tracing(tmp_path):
         with torch.no_grad():
             err = float((w(x) - net(x)).abs().max())
         files = sorted(p.name for p in rt.cache.entries()[0].path.iterdir())
-        print(json.dumps({{"totals": rt.stats.totals(), "err": err, "files": files}}))
+        print(json.dumps({{"totals": rt.stats.totals(), "err": err, "files": files,
+                          "entry": str(rt.cache.entries()[0].path)}}))
     """)
     results = []
     for run in range(2):
@@ -203,6 +206,9 @@ def test_precompiled_artifacts_load_in_a_new_process_without_tracing(tmp_path):
     assert cold["totals"]["compiles"] == 1 and "inductor_aot.bin" in cold["files"] and "kernels" in cold["files"]
     assert warm["totals"]["loads"] == 1 and warm["totals"]["compiles"] == 0
     assert cold["err"] < 1e-5 and warm["err"] < 1e-5
+    # unpickled, not traced: a background build's worker may load it beside the caller's running modules
+    backend = InductorBackend()
+    assert backend.loads_beside_calls(Path(cold["entry"])) and not backend.loads_beside_calls(tmp_path)
 
 
 def test_precompiled_function_serves_inference_and_normal_tensors(caplog, tmp_path, monkeypatch):

@@ -121,6 +121,14 @@ class SlowExport(ExportBackend):
         return super().compile(request)
 
 
+class TracingExport(SlowExport):
+    """``SlowExport`` as a compiler that traces (like inductor or torch_tensorrt): it neither builds nor loads in a
+    worker thread beside running modules."""
+
+    name = "tracing"
+    builds_beside_calls = False
+
+
 class _Offset:
     """An artifact whose output is off by ``noise`` of its largest magnitude, validated when loaded (like an
     ahead-of-time inductor function)."""

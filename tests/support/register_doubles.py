@@ -2,6 +2,7 @@
 
 from trt_runtime.backends import register_backend
 
-from .backends import SlowExport
+from .backends import SlowExport, TracingExport
 
 register_backend("slow", SlowExport)
+register_backend("tracing", TracingExport)

@@ -116,3 +116,8 @@ class Backend(abc.ABC):
     def load(self, request: CompileRequest, directory: Path) -> Callable[..., Any]:
         """Rebuild the callable from ``directory`` (written by ``save``, possibly in another process)."""
         raise NotImplementedError(f"backend {self.name!r} cannot load artifacts")
+
+    def loads_beside_calls(self, directory: Path) -> bool:
+        """Whether the artifact in ``directory`` may be loaded, run and validated in a worker thread while other
+        threads run modules: only where loading it traces nothing (see ``builds_beside_calls``)."""
+        return self.builds_beside_calls

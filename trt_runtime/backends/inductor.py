@@ -90,6 +90,10 @@ class InductorBackend(Backend):
         if delta and delta not in _SAVED:
             _SAVED.append(delta)
 
+    def loads_beside_calls(self, directory: Path) -> bool:
+        # an ahead-of-time function is unpickled, not traced; the plain path traces with dynamo on its first call
+        return (directory / aot.ARTIFACT).is_file()
+
     def load(self, request: CompileRequest, directory: Path):
         if (directory / aot.ARTIFACT).is_file():
             return aot.load_aot(request.module, directory)
