@@ -8,6 +8,14 @@ out=${OUT:-benchmarks/results}
 name=$1 cases=$2
 shift 2
 mkdir -p "$out"
+# A machine whose Python writes no bytecode (PYTHONDONTWRITEBYTECODE, no __pycache__ in site-packages) compiles
+# torch's sources again in every process: seconds of every warm start that a pip-installed machine does not pay.
+# Write it once here, as pip does at install time, and say so in the log.
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
+  unset PYTHONDONTWRITEBYTECODE
+  echo "PYTHONDONTWRITEBYTECODE was set: compiling site-packages to bytecode first, as pip install does" > "$out/$name-bytecode.txt"
+  python3 -m compileall -q -j 0 $(python3 -c 'import site, sys; print(" ".join(site.getsitepackages() + [p for p in sys.path if p.startswith("/tmp/site")]))') >> "$out/$name-bytecode.txt" 2>&1 || true
+fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used \
   --format=csv > "$out/$name-gpu.csv" 2>&1 || true
 python3 -m pytest benchmarks/ --benchmark-only -p no:cacheprovider -q --bench-size full --bench-cases "$cases" \
