@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=int, default=0, help="report the N costliest functions of the first "
                                                                 "wrapped image")
     args = parser.parse_args(argv)
+    # fresh caches, seen by the build processes too (they inherit the environment): an engine or kernel that an
+    # earlier run left in the default folders would make the builds loads
+    scratch = tempfile.mkdtemp(prefix="trt_runtime_background_")
+    os.environ["TRT_CACHE_DIR"] = os.path.join(scratch, "engines")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(scratch, "inductor")
 
     import trt_runtime
 
