@@ -23,6 +23,7 @@ import argparse
 import cProfile
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -50,6 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     scratch = tempfile.mkdtemp(prefix="trt_runtime_background_")
     os.environ["TRT_CACHE_DIR"] = os.path.join(scratch, "engines")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(scratch, "inductor")
+    try:
+        return _measure(args)
+    finally:
+        import trt_runtime.builds
+
+        trt_runtime.builds.shutdown_all()  # no build process left writing into the folder
+        shutil.rmtree(scratch, ignore_errors=True)  # gigabytes of engines and kernels on a machine's small disk
+
+
+def _measure(args: argparse.Namespace) -> int:
 
     import trt_runtime
 

@@ -296,25 +296,32 @@ def test_a_build_process_rebuilds_on_the_meta_device_and_holds_the_parents_tenso
     torch.testing.assert_close(child(x, 10, ctx).sample, parent(x, 10, ctx).sample, rtol=0, atol=0)
 
 
-class _PlainTensorAttribute(torch.nn.Module):
-    """A module with a tensor that is neither a parameter nor a buffer (the parent does not list it)."""
+class _InitReadsParameters(torch.nn.Module):
+    """A module whose ``__init__`` uses its parameters: a tensor derived from one (kept as a plain attribute, which
+    the parent does not list), or a parameter's value read on the host."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, how: str) -> None:
         super().__init__()
         self.linear = torch.nn.Linear(width, width)
-        self.scale = torch.full((width,), 2.0)
+        self.table = {"scale": [torch.ones_like(self.linear.bias) * 2]} if how == "derived" else None
+        self.gain = float(self.linear.weight.abs().sum() >= 0) if how == "value" else 1.0
+        self.steps = torch.linspace(0, 1, width)  # not a parameter: stays real on the meta path
 
     def forward(self, x):
-        return self.linear(x) * self.scale
+        scale = self.table["scale"][0] if self.table else 2.0
+        return self.linear(x) * scale * self.gain + self.steps
 
 
-def test_a_module_with_a_plain_tensor_attribute_is_rebuilt_on_the_host(monkeypatch):
+@pytest.mark.parametrize("how", ["derived", "value"])
+def test_a_module_whose_init_uses_its_parameters_is_rebuilt_on_the_host(monkeypatch, caplog, how):
     from trt_runtime import build_process
 
-    monkeypatch.setattr(build_process, "_rebuild", lambda recipe: _PlainTensorAttribute(recipe["width"]))
-    parent = _PlainTensorAttribute(4)
-    child = build_process.rebuild({"class": "test", "width": 4}, build_process.module_tensors(parent), set())
-    assert not child.scale.is_meta
+    monkeypatch.setattr(build_process, "_rebuild", lambda recipe: _InitReadsParameters(recipe["width"], how))
+    parent = _InitReadsParameters(4, how)
+    with caplog.at_level("INFO", logger="trt_runtime"):
+        child = build_process.rebuild({"class": "test", "width": 4}, build_process.module_tensors(parent), set())
+    assert any("rebuilding test on the host" in r.getMessage() for r in caplog.records)
+    assert build_process._left_on_meta(child) is None
     x = torch.randn(2, 4)
     torch.testing.assert_close(child(x), parent(x), rtol=0, atol=0)
 
@@ -368,6 +375,55 @@ def test_a_build_process_stops_when_its_parent_dies_and_runs_at_a_lower_priority
         _wait_for(lambda: not _alive(pid), timeout=30)
     finally:
         proc.kill()
+
+
+def test_a_build_process_whose_parent_died_while_it_started_stops_at_once():
+    """The parent's pid comes from the parent: a child that finds another parent (the init process, after its own
+    died during the child's imports) does not build for nobody."""
+    import os
+    import subprocess
+    import sys
+
+    from trt_runtime.build_process import _PARENT_ENV
+
+    code = "from trt_runtime import build_process as b; b._exit_with_parent(); print('building')"
+    env = {**os.environ, _PARENT_ENV: str(os.getpid() + 1_000_000)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 70 and "building" not in done.stdout, done.stderr[-2000:]
+    env[_PARENT_ENV] = str(os.getpid())
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "building" in done.stdout, done.stderr[-2000:]
+
+
+def test_weights_edited_while_the_worker_loads_make_the_artifact_stale(cache_dir, child_builds, monkeypatch):
+    """The worker loads beside the caller's calls: a LoRA fused by the caller meanwhile must not be masked by
+    recording the edited weights as the ones the loaded artifact holds."""
+    from tests.support import tiny_models as tm
+    from trt_runtime.modules.vae import apply_vae
+    from trt_runtime.resolver import Resolver
+
+    original = Resolver.load_beside_calls
+
+    def edited_meanwhile(self, comp, *args, **kwargs):
+        result = original(self, comp, *args, **kwargs)
+        with torch.no_grad():
+            vae.decoder.conv_in.bias.add_(0.5)  # the caller's in-place edit, while the worker was loading
+        return result
+
+    monkeypatch.setattr(Resolver, "load_beside_calls", edited_meanwhile)
+    vae = tm.vae_kl().eval()
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    wrapped = apply_vae(vae, runtime=rt, encoder=False)
+    z = torch.randn(1, 4, 8, 8)
+    vae.decode(z)
+    (slot,) = wrapped.components["vae.decoder"].slots.values()
+    _wait_for(lambda: slot.state.value in ("ready", "stale") or slot.handover, timeout=300)
+    assert rt.stats.totals()["loads"] == 1
+    assert slot.state.value == "stale"
+    reference = tm.vae_kl().eval()
+    with torch.no_grad():
+        reference.decoder.conv_in.bias.add_(0.5)
+    torch.testing.assert_close(vae.decode(z).sample, reference.decode(z).sample)
 
 
 def test_weights_on_the_cpu_are_copied_not_shared():

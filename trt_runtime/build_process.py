@@ -59,6 +59,8 @@ _SHARING_FAILED = False
 """Set when a build process could not map this process's weights: later builds send copies."""
 _NICE = 10
 """How much lower the child's CPU priority is than the parent's: the caller's launches come first."""
+_PARENT_ENV = "TRT_RUNTIME_BUILD_PARENT"
+"""The parent's pid, given to the child: it compares it with its own parent's from its first moment on."""
 _CHILDREN: dict[subprocess.Popen, bool] = {}
 """The build processes running, and whether ``stop_children`` stopped them."""
 _CHILDREN_LOCK = threading.Lock()
@@ -226,7 +228,7 @@ def _run_child(comp: Any, module: torch.nn.Module, args: tuple, kwargs: dict[str
 
 def _wait_for_child(command: list[str]) -> subprocess.CompletedProcess | None:
     """Run the build process to its end; None when this process stopped it (exiting) or it ran too long."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{_PARENT_ENV: str(os.getpid())})
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     with _CHILDREN_LOCK:
         _CHILDREN[child] = False
@@ -264,8 +266,13 @@ def stop_children(wait_s: float = 5.0) -> int:
 
 
 def _exit_with_parent() -> None:
-    """In the child: stop when the parent is gone (killed, crashed), instead of building for nobody."""
-    parent = os.getppid()
+    """In the child: stop when the parent is gone (killed, crashed), instead of building for nobody. The parent's pid
+    comes from the parent itself, so a parent that died while this process was still importing is noticed too (its
+    children are then the init process's). Where a dead parent's pid does not change (Windows), this never fires."""
+    expected = os.environ.get(_PARENT_ENV)
+    parent = int(expected) if expected and expected.isdigit() else os.getppid()
+    if os.getppid() != parent:
+        os._exit(70)
 
     def watch() -> None:
         while True:
@@ -284,30 +291,48 @@ def _lower_priority() -> None:
 
 
 def rebuild(recipe: dict[str, Any], tensors: dict[str, torch.Tensor], requires_grad: set[str]) -> torch.nn.Module:
-    """The module from its recipe, holding ``tensors``. Built on the meta device (no host memory, no random
-    initialisation), then given the parent's tensors; where a tensor is left on the meta device after that (a
-    plain tensor attribute made in ``__init__``, which the parent does not list), it is built again on the host."""
-    with torch.device("meta"):
-        module = _rebuild(recipe)
-    assign_tensors(module, tensors, requires_grad)
-    left = _left_on_meta(module)
+    """The module from its recipe, holding ``tensors``. Its parameters are made on the meta device (no host memory,
+    no random initialisation; buffers and other tensors ``__init__`` computes stay real), then replaced by the
+    parent's tensors. Where that fails (an ``__init__`` that reads a parameter's value) or leaves a tensor on the meta
+    device (one derived from a parameter), the module is built again on the host, as it always was."""
+    try:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            module = _rebuild(recipe)
+        assign_tensors(module, tensors, requires_grad)
+        left = _left_on_meta(module)
+    except Exception as err:  # noqa: BLE001 - the host build below is how it was always done
+        left = f"{type(err).__name__}: {str(err)[:200]}"
     if left is None:
         return module
-    logger.info("rebuilding %s on the host: %s is not a parameter or buffer", recipe["class"], left)
+    logger.info("rebuilding %s on the host (%s)", recipe["class"], left)
     module = _rebuild(recipe)
     assign_tensors(module, tensors, requires_grad)
     return module
 
 
 def _left_on_meta(module: torch.nn.Module) -> str | None:
-    """The name of a tensor of ``module`` still on the meta device, if any."""
+    """Where a tensor of ``module`` is still on the meta device, if anywhere: a parameter or buffer, or a tensor in
+    a module's attributes (inside lists, tuples and dicts too)."""
+
+    def meta(value: Any, depth: int = 0) -> bool:
+        if isinstance(value, torch.Tensor):
+            return value.is_meta
+        if depth < 4 and isinstance(value, (list, tuple)):
+            return any(meta(item, depth + 1) for item in value)
+        if depth < 4 and isinstance(value, dict):
+            return any(meta(item, depth + 1) for item in value.values())
+        return False
+
     for prefix, sub in module.named_modules():
         for name, value in vars(sub).items():
-            values = value.items() if name in ("_parameters", "_buffers") else [(name, value)]
-            for leaf, item in values:
-                items = item if isinstance(item, (list, tuple)) else [item]
-                if any(isinstance(t, torch.Tensor) and t.is_meta for t in items):
-                    return f"{prefix}.{leaf}".lstrip(".")
+            if name in ("_parameters", "_buffers"):
+                found = next((leaf for leaf, tensor in value.items() if meta(tensor)), None)
+                if found is not None:
+                    return f"{prefix}.{found}".lstrip(".")
+            elif name != "_modules" and meta(value):
+                return f"{prefix}.{name}".lstrip(".")
     return None
 
 

@@ -132,11 +132,12 @@ def shutdown_all(wait_s: float = 0.0) -> None:
         queues = list(_QUEUES.values())
         _QUEUES.clear()
     running = [build_queue.running for build_queue in queues]
-    for build_queue in queues:
-        build_queue.shutdown(0.0)  # cancelled first: a stopped build process then hands nothing over
-    stopped = build_process.stop_children() if any(running) else 0
-    for build_queue, current in zip(queues, running, strict=True):
-        dropped = build_queue.shutdown(wait_s)
+    # cancelled first, so that a stopped build process hands nothing over; then the processes are stopped
+    dropped_by_queue = [build_queue.shutdown(0.0) for build_queue in queues]
+    stopped = build_process.stop_children()
+    for build_queue, current, dropped in zip(queues, running, dropped_by_queue, strict=True):
+        if wait_s > 0:
+            build_queue.shutdown(wait_s)
         if dropped or current:
             logger.info("cancelled %d queued background build(s)%s", len(dropped),
                         f"; stopped the one in progress ({current})" if current else "")

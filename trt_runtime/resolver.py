@@ -151,7 +151,7 @@ class Resolver:
         row = runtime.stats.record(comp.name, key, short_shapes(shapes), backend=backend.name,
                                    state=State.COMPILING.value)
         job = _Job(self, comp, backend, request, key, meta, shapes, phases, row, run_call,
-                   revalidate=bool(previous is not None and previous.revalidate))
+                   revalidate=bool(previous is not None and previous.revalidate), beside=beside)
 
         if previous is not None and previous.fn is not None:  # stale: the weights changed
             if backend.can_refit(settings):
@@ -219,6 +219,8 @@ class _Job:
     entry built instead says so (``_REBUILT_AFTER_MISMATCH``)."""
     measured_error: float | None = None
     """The relative error against eager that this job last measured (``_distance``)."""
+    beside: bool = False
+    """Running in a build worker beside the caller's calls (``Resolver.load_beside_calls``)."""
 
     @property
     def runtime(self) -> TensorRTRuntime:
@@ -378,7 +380,7 @@ class _Job:
                     runtime.cache_unwritable(comp, err)
         logger.info("[%s] compiled in %.1f s, %s", comp.name, seconds, where,
                     extra=event("build_end", comp.name, seconds=seconds, ok=True))
-        return self.ready(fn, output, None, compiles=1, compile_seconds=seconds, calls=1)
+        return self.ready(fn, output, None, compiles=1, compile_seconds=seconds, calls=int(self.run_call))
 
     def _save(self, fn: Callable[..., Any], folder) -> None:
         try:
@@ -415,7 +417,9 @@ class _Job:
 
     def _distance(self, output: Any) -> float:
         """``output``'s relative error against eager's for this call (eager runs once, without cudnn autotuning)."""
-        with _phase(self.phases, "validate"), _no_cudnn_autotuning():
+        # beside the caller's calls cuDNN's process-wide setting stays as it is: the caller has run these shapes already
+        quiet_cudnn = contextlib.nullcontext() if self.beside else _no_cudnn_autotuning()
+        with _phase(self.phases, "validate"), quiet_cudnn:
             self.measured_error = relative_error(output, self._call(self.comp.eager))
         return self.measured_error
 

@@ -249,15 +249,23 @@ class TensorRTRuntime:
                 torch.cuda.current_stream().wait_event(ready_event)
             with builds.entered(modes):
                 built = in_child and build_process.build_in_child(comp, *example)  # writes the entry
-                if built and not build_queue.cancelled():
+                if build_queue.cancelled():  # shutting down: nothing is loaded, built or published any more
+                    return
+                with comp.lock:  # a retried or stale signature keeps its history: the caller's thread resolves it
+                    fresh = slot.fn is None and not slot.revalidate
+                if built and fresh:
+                    version = comp.weights_version()
                     loaded = self._load_beside_calls(comp, sig, example)
-                    if loaded is not None:
-                        self._apply(comp, slot, loaded, generation)
+                    if loaded is not None and not build_queue.cancelled():
+                        self._apply(comp, slot, loaded, generation, version_before=version)
+                        return
+                    if build_queue.cancelled():
                         return
                 if built or not beside:
                     if not build_queue.cancelled():
                         self._hand_over(comp, slot, built, in_child)
                     return
+                version = comp.weights_version()
                 try:
                     result = self.resolver.resolve(comp, sig, *example, previous=slot, run_call=False)
                 except Exception as err:  # noqa: BLE001 - strict/configuration errors have no caller here
@@ -265,7 +273,7 @@ class TensorRTRuntime:
                                    "eagerly", comp.name, err)
                     result = Resolution(State.FAILED, slot.key, error=str(err))
             if not build_queue.cancelled():
-                self._apply(comp, slot, result, generation)
+                self._apply(comp, slot, result, generation, version_before=version)
 
         shapes = short_shapes(tensor_shapes(args, kwargs))
         if build_queue.submit(f"{comp.name} {shapes}", job):
@@ -304,12 +312,16 @@ class TensorRTRuntime:
         with comp.lock:
             slot.move(State.EAGER, error=reason, retry_at=time.monotonic(), handover=True)
 
-    def _apply(self, comp: Component, slot: Slot, result: Resolution, generation: int) -> None:
-        """Move ``slot`` to what the resolver found (the one place a resolution changes a slot)."""
+    def _apply(self, comp: Component, slot: Slot, result: Resolution, generation: int,
+               version_before: int | None = None) -> None:
+        """Move ``slot`` to what the resolver found (the one place a resolution changes a slot).
+        ``version_before``: the weights' version when a resolution beside the caller's calls began; an in-place edit
+        since (a LoRA fused by the caller meanwhile) makes an artifact holding weights stale at once."""
         with comp.lock:
             if result.state is State.READY:
-                stale = generation != comp.generation  # weights changed while it was being built
                 version = comp.weights_version() if result.holds_weights else None
+                stale = generation != comp.generation or (  # weights changed while it was being built
+                    version_before is not None and version is not None and version != version_before)
                 slot.move(State.READY, key=result.key, fn=result.fn, stats=result.stats, error=None,
                           revalidate=False, graphs=None, weights_version=version)
                 if stale:
