@@ -167,19 +167,24 @@ def child_builds(monkeypatch):
     doubles.SlowExport.delay = 0.0
 
 
-def test_a_diffusers_model_builds_in_a_separate_process_and_the_caller_loads_it(cache_dir, child_builds):
-    """background + build_process, under a compiler that traces: the child rebuilds the UNet from its config and
-    weights, builds the same key into the shared cache, and the serving process only loads it, in its own thread
-    (a load that may trace never runs beside running modules)."""
+def _background_unet(cache_dir, backend: str):
+    """A tiny SD1.5 UNet wrapped with ``background=True``, after its first call (which queued the build)."""
     from tests.support import tiny_models as tm
     from trt_runtime.modules.unet import apply_unet
 
     unet = tm.sd_unet().eval()
-    rt = TensorRTRuntime(backend="tracing", cache_dir=cache_dir, background=True)
+    rt = TensorRTRuntime(backend=backend, cache_dir=cache_dir, background=True)
     wrapped = apply_unet(unet, runtime=rt)
     g = torch.Generator().manual_seed(0)
     x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 8, 32, generator=g)
-    expected = unet(x, 10, ctx).sample
+    return unet, rt, wrapped, (x, ctx), unet(x, 10, ctx).sample
+
+
+def test_a_diffusers_model_builds_in_a_separate_process_and_the_caller_loads_it(cache_dir, child_builds):
+    """background + build_process, under a compiler that traces: the child rebuilds the UNet from its config and
+    weights, builds the same key into the shared cache, and the serving process only loads it, in its own thread
+    (a load that may trace never runs beside running modules)."""
+    unet, rt, wrapped, (x, ctx), expected = _background_unet(cache_dir, "tracing")
     slot = _handed_over(next(iter(wrapped.components.values())))
     assert rt.stats.totals()["loads"] == 0, "the worker thread must not load (a trace beside running modules)"
     assert threading.current_thread() is threading.main_thread()
@@ -192,15 +197,7 @@ def test_a_diffusers_model_builds_in_a_separate_process_and_the_caller_loads_it(
 def test_what_a_build_process_wrote_is_loaded_by_the_worker_where_that_traces_nothing(cache_dir, child_builds):
     """An artifact that loads without tracing (an ahead-of-time inductor function) is loaded, run and checked by
     the worker, beside the caller's calls: no call waits for the load (an SD1.5 UNet's took 11 s of one image)."""
-    from tests.support import tiny_models as tm
-    from trt_runtime.modules.unet import apply_unet
-
-    unet = tm.sd_unet().eval()
-    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
-    wrapped = apply_unet(unet, runtime=rt)
-    g = torch.Generator().manual_seed(0)
-    x, ctx = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 8, 32, generator=g)
-    expected = unet(x, 10, ctx).sample
+    unet, rt, wrapped, (x, ctx), expected = _background_unet(cache_dir, "slow")
     (slot,) = next(iter(wrapped.components.values())).slots.values()
     _wait_for(lambda: slot.state.value == "ready", timeout=300)
     assert not slot.handover
