@@ -71,6 +71,18 @@ def test_cache_path_and_env(cache_dir, capsys):
     assert "backend inductor: available" in out and "backend tensorrt:" in out
 
 
+def test_env_warns_when_torch_has_no_bytecode_and_none_is_written(tmp_path):
+    from trt_runtime.cli import bytecode_note
+
+    package = tmp_path / "site-packages" / "torch"
+    package.mkdir(parents=True)
+    note = bytecode_note(package, dont_write=True)
+    assert note and "PYTHONDONTWRITEBYTECODE" in note and f"compileall -q {package.parent}" in note
+    assert bytecode_note(package, dont_write=False) is None
+    (package / "__pycache__").mkdir()
+    assert bytecode_note(package, dont_write=True) is None
+
+
 @pytest.mark.slow
 def test_build_prebuilds_engines_for_a_saved_pipeline(export_backend, tmp_path, capsys):
     from trt_runtime.demo import build_demo_pipeline

@@ -147,6 +147,9 @@ def cmd_env(args) -> int:
     print(f"trt_runtime {__version__}, torch {torch.__version__}, python {platform.python_version()}")
     print(f"device: {torch.cuda.get_device_name(0) if device else 'cpu (no CUDA device)'}")
     print(f"engine cache: {resolve_cache_dir(args.cache_dir)}")
+    note = bytecode_note(Path(torch.__file__).parent, sys.dont_write_bytecode)
+    if note:
+        print(note)
     for name in ("tensorrt", "inductor"):
         try:
             backend = get_backend(name)
@@ -158,6 +161,17 @@ def cmd_env(args) -> int:
         except (BackendUnavailableError, ImportError) as err:
             print(f"backend {name}: unavailable: {getattr(err, 'message', err)}")
     return 0
+
+
+def bytecode_note(package: Path, dont_write: bool) -> str | None:
+    """A warning when this Python neither has nor writes bytecode for torch (``PYTHONDONTWRITEBYTECODE`` in a
+    container built without it): every process then compiles the sources of torch's modules again, which was most of
+    a small component's warm start on the GPU machine (CLIP-L 4.7 s instead of 2.3 s)."""
+    if not dont_write or (package / "__pycache__").is_dir():
+        return None
+    return ("python bytecode: none for torch, and none is written (PYTHONDONTWRITEBYTECODE): every process compiles "
+            "torch's sources again, seconds of each warm start. Compile it once, in the image build for a container: "
+            f"python -m compileall -q {package.parent}")
 
 
 def _backend_choices() -> tuple[str, ...]:
