@@ -13,9 +13,9 @@ inputs through a private temporary folder: the module's config, the call, the se
 buffer by name; nothing of it is executed from an untrusted place (the folder is created 0700 by this process and
 removed afterwards).
 
-The child starts at a lower CPU priority (``nice`` +10, inherited by inductor's compile workers) and rebuilds the
-module on the meta device, then puts the parent's tensors in place: it neither initialises random weights on the
-host (minutes of CPU and 48 GB for Flux) nor competes with the caller's kernel launches for the CPU. A child ends
+The child starts at a lower CPU priority (``nice`` +10, inherited by inductor's compile workers) and makes the
+module's parameters on the meta device, then puts the parent's tensors in place: it neither initialises random
+weights on the host (minutes of CPU and 48 GB for Flux) nor competes with the caller's kernel launches for the CPU. A child ends
 with its parent: at exit the parent stops the builds it started (``stop_children``), and a child whose parent died
 stops itself.
 

@@ -78,9 +78,13 @@ class BuildQueue:
             self._queue.put_nowait(None)
         except queue.Full:  # pragma: no cover - emptied just above
             pass
-        if wait_s > 0:
-            self._thread.join(wait_s)
+        self.wait(wait_s)
         return dropped
+
+    def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the worker to end (after ``shutdown``)."""
+        if seconds > 0:
+            self._thread.join(seconds)
 
     def _work(self) -> None:
         stream = None
@@ -136,8 +140,7 @@ def shutdown_all(wait_s: float = 0.0) -> None:
     dropped_by_queue = [build_queue.shutdown(0.0) for build_queue in queues]
     stopped = build_process.stop_children()
     for build_queue, current, dropped in zip(queues, running, dropped_by_queue, strict=True):
-        if wait_s > 0:
-            build_queue.shutdown(wait_s)
+        build_queue.wait(wait_s)
         if dropped or current:
             logger.info("cancelled %d queued background build(s)%s", len(dropped),
                         f"; stopped the one in progress ({current})" if current else "")

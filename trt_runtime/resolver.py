@@ -329,10 +329,9 @@ class _Job:
             return None
         seconds = time.perf_counter() - started
         self.cache.touch(entry)
-        message = None if quiet else f"loaded {self.backend.name} artifact from {entry.path} in {seconds:.2f} s"
+        where = ", beside the calls" if beside else ""
+        message = None if quiet else f"loaded {self.backend.name} artifact from {entry.path} in {seconds:.2f} s{where}"
         logger.debug("[%s] loaded", comp.name, extra=event("load_end", comp.name, seconds=seconds, ok=True))
-        if beside:
-            message = f"loaded {self.backend.name} artifact from {entry.path} in {seconds:.2f} s, beside the calls"
         return self.ready(fn, output, message, loads=1, load_seconds=seconds, calls=int(self.run_call),
                           refits=refits)
 

@@ -256,10 +256,10 @@ class TensorRTRuntime:
                 if built and fresh:
                     version = comp.weights_version()
                     loaded = self._load_beside_calls(comp, sig, example)
-                    if loaded is not None and not build_queue.cancelled():
-                        self._apply(comp, slot, loaded, generation, version_before=version)
-                        return
                     if build_queue.cancelled():
+                        return
+                    if loaded is not None:
+                        self._apply(comp, slot, loaded, generation, version_before=version)
                         return
                 if built or not beside:
                     if not build_queue.cancelled():
