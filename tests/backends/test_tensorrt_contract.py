@@ -335,3 +335,28 @@ def test_standin_runtime_cache_follows_the_table(standin):
         trt = standin(version, flavour="tensorrt-rtx")
         api = api_table.api_for(version, "tensorrt-rtx")
         assert hasattr(trt.runtime, "RuntimeCache") is (api.runtime_cache == api_table.RUNTIME_SETTINGS)
+
+
+def test_runtime_assertions_are_dropped_before_conversion(wheel):
+    """A program exported with deferred assertions (``_export_guards``: guards torch.export could not prove,
+    checked at every size of the declared ranges) reaches the converters without them: every release removes
+    ``_assert_scalar`` nodes in its lowering passes, before and after decomposition."""
+    passes = wheel.read("dynamo/lowering/passes/_aten_lowering_pass.py")
+    lists = {node.targets[0].id: ast.unparse(node.value) for node in ast.parse(passes).body
+             if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    assert "remove_assert_nodes" in lists["pre_lowering_pass_list"]
+    assert "remove_assert_nodes" in lists["post_lowering_pass_list"]
+    remover = _function(wheel.read("dynamo/lowering/passes/remove_assert_nodes.py"), "remove_assert_nodes")
+    assert "torch.ops.aten._assert_scalar.default" in ast.unparse(remover)
+
+
+def test_copy_converter_ignores_the_destination_shape(wheel):
+    """Why ``_tensorrt_passes.expand_copy_sources`` exists: the ``aten.copy`` converter returns its source as
+    it is (cast, from 2.12, to the destination's dtype; in 2.11 not even that), so a broadcast source gives a
+    tensor of the wrong shape. When a release expands the source itself, the pass is no longer needed."""
+    converters = wheel.read("dynamo/conversion/aten_ops_converters.py")
+    copy = _function(converters, "aten_ops_copy")
+    body = ast.unparse(copy)
+    assert "expand" not in body and "broadcast" not in body
+    dtype = "dest.dtype" if api_table.parse_version(wheel.version) >= (2, 12) else "src.dtype"
+    assert dtype in body

@@ -9,6 +9,7 @@ one form every supported release handles alike. Dims declared with the same name
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,10 +18,14 @@ import torch
 from ..calls import arg_path, iter_tensors
 from ..errors import EngineBuildError
 from ..shapes import Dim, constraint_hint, first_lines
+from . import _export_guards as guards
 from . import _tensorrt_api as api_table
+from ._tensorrt_passes import expand_copy_sources
 from .base import CompileRequest
 
 __all__ = ["InputPlan", "FlatCall", "template", "fill"]
+
+logger = logging.getLogger(__name__)
 
 
 class _Slot:
@@ -105,15 +110,37 @@ class InputPlan:
 
     def export(self, request: CompileRequest):
         flat = FlatCall(request.module, template(request.args, request.kwargs, request.names), self.paths)
+        dynamic = self.dynamic_shapes()
         try:
-            return torch.export.export(flat, tuple(self.examples), dynamic_shapes=self.dynamic_shapes(), strict=False)
+            program = torch.export.export(flat, tuple(self.examples), dynamic_shapes=dynamic, strict=False)
         except Exception as err:
-            raise EngineBuildError(
-                f"torch.export could not capture the module: {type(err).__name__}: {first_lines(err).rstrip('.')}",
-                component=request.component, shapes=self.shapes,
-                hint=constraint_hint(err) or "TensorRT needs a graph without Python-side data-dependent control "
-                "flow; the call runs eagerly",
-            ) from err
+            program = self._export_unproven(flat, dynamic, err, request)
+        expand_copy_sources(program, request.component)
+        return program
+
+    def _export_unproven(self, flat: FlatCall, dynamic: tuple | None, err: Exception, request: CompileRequest):
+        """The program for declared ranges whose guards torch.export could not prove, when each of them holds
+        at every value of the ranges (``_export_guards``); else the refusal as an ``EngineBuildError``."""
+        checked = None
+        if dynamic is not None and guards.is_constraint_violation(err):
+            try:
+                program = torch.export.export(flat, tuple(self.examples), dynamic_shapes=dynamic, strict=False,
+                                              prefer_deferred_runtime_asserts_over_guards=True)
+                ranges = guards.symbol_ranges(program, (dims for _, _, dims in self.items))
+                checked = guards.failing_assertion(program, ranges)
+            except Exception as again:  # noqa: BLE001 - the first refusal is the one to report
+                checked = f"{type(again).__name__}: {first_lines(again, 2)}"
+            if checked is None:
+                logger.info("[%s] torch.export could not prove its guards over the declared ranges; each holds at "
+                            "every size of the ranges, so the program serves them", request.component)
+                return program
+        detail = f" (checked at every size of the declared ranges: {checked})" if checked else ""
+        raise EngineBuildError(
+            f"torch.export could not capture the module: {type(err).__name__}: {first_lines(err).rstrip('.')}"
+            f"{detail}", component=request.component, shapes=self.shapes,
+            hint=constraint_hint(err) or "TensorRT needs a graph without Python-side data-dependent control "
+            "flow; the call runs eagerly",
+        ) from err
 
 
 def _applicable(tensor: torch.Tensor, dims: Mapping[int, Dim]) -> dict[int, Dim]:

@@ -1,0 +1,101 @@
+"""The rewrites applied to an exported program before torch-tensorrt converts it (CPU: torch.export only)."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.support import tiny_models as tm
+from trt_runtime.backends import _tensorrt_export as export_module
+from trt_runtime.backends._tensorrt_passes import expand_copy_sources
+from trt_runtime.backends.base import CompileRequest
+from trt_runtime.settings import RuntimeSettings
+from trt_runtime.shapes import Dim
+
+
+def _export(module, args, dynamic=None, names=("x",)):
+    request = CompileRequest(component="m", module=module, args=args, kwargs={}, names=names, dynamic=dynamic or {},
+                             settings=RuntimeSettings(), device=None, precision="fp32")
+    return export_module.InputPlan(request).export(request)
+
+
+def _copies(program) -> list[tuple]:
+    """(destination shape, source shape, destination dtype, source dtype) of every ``aten.copy`` that the
+    converters see: torch-tensorrt decomposes (functionalizes) the program first."""
+    graph = program.run_decompositions().graph
+    return [(tuple(n.args[0].meta["val"].shape), tuple(n.args[1].meta["val"].shape), n.args[0].meta["val"].dtype,
+             n.args[1].meta["val"].dtype) for n in graph.nodes if n.target is torch.ops.aten.copy.default]
+
+
+class _FirstColumnTrue(torch.nn.Module):
+    """HunyuanVideo's token refiner: a boolean attention mask whose first column is set in place."""
+
+    def forward(self, x, keep):
+        mask = keep.unsqueeze(1) & keep.unsqueeze(2)
+        mask[:, :, 0] = True
+        return torch.where(mask, x, torch.zeros_like(x))
+
+
+class _IntoHalf(torch.nn.Module):
+    def forward(self, x, index):
+        out = x.clone()
+        out[:, 0] = index  # an int64 value written into float16
+        return out
+
+
+def _keep(n: int) -> torch.Tensor:
+    keep = torch.ones(2, n, dtype=torch.bool)
+    keep[1, -2:] = False
+    return keep
+
+
+def test_a_broadcast_write_gets_a_source_of_the_destinations_shape():
+    module, x, keep = _FirstColumnTrue(), torch.randn(2, 6, 6), _keep(6)
+    raw = torch.export.export(module, (x, keep), strict=False)
+    assert any(dst != src for dst, src, _, _ in _copies(raw)), "the pattern the copy converter mishandles"
+    program = _export(module, (x, keep), names=("x", "keep"))
+    copies = _copies(program)
+    assert copies and all(dst == src and a == b for dst, src, a, b in copies), copies
+    torch.testing.assert_close(program.module()(x, keep), module(x, keep), rtol=0, atol=0)
+
+
+def test_a_write_of_another_dtype_is_cast_first():
+    module, x, index = _IntoHalf(), torch.randn(3, 4).half(), torch.tensor(7)
+    program = _export(module, (x, index), names=("x", "index"))
+    copies = _copies(program)
+    assert copies and all(dst == src and a == b for dst, src, a, b in copies), copies
+    torch.testing.assert_close(program.module()(x, index), module(x, index), rtol=0, atol=0)
+
+
+def test_symbolic_destinations_are_expanded_to_their_symbolic_sizes():
+    module, tokens = _FirstColumnTrue(), Dim("tokens", 4, 16)
+    program = _export(module, (torch.randn(2, 6, 6), _keep(6)), names=("x", "keep"),
+                      dynamic={"x": {1: tokens, 2: tokens}, "keep": {1: tokens}})
+    assert all(dst == src for dst, src, _, _ in _copies(program))
+    for n in (5, 9):
+        x, keep = torch.randn(2, n, n), _keep(n)
+        torch.testing.assert_close(program.module()(x, keep), module(x, keep), rtol=0, atol=0)
+
+
+def test_programs_without_the_pattern_are_left_alone():
+    program = torch.export.export(torch.nn.Linear(3, 2), (torch.ones(1, 3),), strict=False)
+    before = program.graph_module.code
+    assert expand_copy_sources(program) == 0
+    assert program.graph_module.code == before
+
+
+@torch.no_grad()
+def test_hunyuan_video_transformer_exports_without_a_broadcast_copy():
+    """The family whose conversion failed with TensorRT-RTX (2026-11-26: ``__len__() should return >= 0``)."""
+    model = tm.hunyuan_video_transformer().eval()
+    mask = torch.ones(1, 6, dtype=torch.int64)
+    mask[0, -2:] = 0
+    call = {"hidden_states": torch.randn(1, 4, 2, 2, 2), "timestep": torch.tensor([999]),
+            "encoder_hidden_states": torch.randn(1, 6, 16), "encoder_attention_mask": mask,
+            "pooled_projections": torch.randn(1, 8), "guidance": torch.tensor([1000.0])}
+    request = CompileRequest(component="transformer", module=model, args=(), kwargs=call, names=(), dynamic={},
+                             settings=RuntimeSettings(), device=None, precision="fp32")
+    plan = export_module.InputPlan(request)
+    program = plan.export(request)
+    assert all(dst == src and a == b for dst, src, a, b in _copies(program))
+    got = program.module()(*plan.examples)[0]
+    torch.testing.assert_close(got, model(**call, return_dict=False)[0], rtol=0, atol=0)
