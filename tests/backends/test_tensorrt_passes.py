@@ -99,3 +99,20 @@ def test_hunyuan_video_transformer_exports_without_a_broadcast_copy():
     assert all(dst == src and a == b for dst, src, a, b in _copies(program))
     got = program.module()(*plan.examples)[0]
     torch.testing.assert_close(got, model(**call, return_dict=False)[0], rtol=0, atol=0)
+
+
+class _FilledOutput(torch.nn.Module):
+    def forward(self, x):
+        return x.clone().fill_(torch.tensor(3.0))  # the write's result is the program's output
+
+
+def test_a_rewritten_write_keeps_its_place_in_the_programs_signature(tmp_path):
+    program = torch.export.export(_FilledOutput(), (torch.ones(3, 4),), strict=False)
+    names = [spec.arg.name for spec in program.graph_signature.output_specs]
+    assert expand_copy_sources(program) == 1
+    assert [spec.arg.name for spec in program.graph_signature.output_specs] == names
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    assert [a.name for a in output.args[0]] == names
+    torch.export.save(program, tmp_path / "p.pt2")
+    loaded = torch.export.load(tmp_path / "p.pt2")
+    torch.testing.assert_close(loaded.module()(torch.ones(3, 4)), torch.full((3, 4), 3.0))

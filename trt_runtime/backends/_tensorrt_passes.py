@@ -60,11 +60,10 @@ def expand_copy_sources(program: torch.export.ExportedProgram, component: str = 
                 sizes = [_size(graph, dst_node, i, size) for i, size in enumerate(dst.shape)]
                 source = _call(graph, _aten.expand.default, (source, sizes), {},
                                _val(source).expand(*dst.shape))
-            target = _aten.copy.default if node.target is _aten.copy.default else _aten.copy_.default
-            replacement = _call(graph, target, (dst_node, source), {}, _val(node))
-        replacement.meta.update({k: v for k, v in node.meta.items() if k != "val"})
-        node.replace_all_uses_with(replacement)
-        graph.erase_node(node)
+        # the node itself is retargeted, so its name (which the program's signature may cite), users and
+        # metadata stay; copy and copy_ cast and broadcast as fill_ does
+        node.target = _aten.copy.default if node.target is _aten.copy.default else _aten.copy_.default
+        node.args = (dst_node, source)
         rewritten += 1
     if rewritten:
         graph.lint()
