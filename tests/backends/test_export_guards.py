@@ -38,13 +38,13 @@ def _request(module, low=4, high=16, multiple_of=1):
 
 
 def _deferred(module, low=4, high=16):
-    """The program exported with the guards as runtime assertions, and the ranges of its symbols."""
+    """The program exported with the guards as runtime assertions, and the sizes it must serve."""
     request = _request(module, low, high)
     plan = export_module.InputPlan(request)
     flat = export_module.FlatCall(module, export_module.template(request.args, {}, ("x",)), plan.paths)
     program = torch.export.export(flat, tuple(plan.examples), dynamic_shapes=plan.dynamic_shapes(), strict=False,
                                   prefer_deferred_runtime_asserts_over_guards=True)
-    return program, guards.symbol_ranges(program, (dims for _, _, dims in plan.items))
+    return program, plan._space()
 
 
 def test_a_guard_that_holds_at_every_size_is_checked_and_the_program_serves_the_range(caplog):
@@ -79,18 +79,71 @@ def test_a_range_that_keeps_the_guard_true_exports_directly():
     torch.testing.assert_close(program.module()(x), x * 2, rtol=0, atol=0)
 
 
-def test_symbols_map_to_the_declared_ranges_and_names():
-    program, ranges = _deferred(_SquaresModThree(), 4, 16)
-    ((name, values),) = ranges.values()
-    assert name == "tokens" and values == range(4, 17)
-    assert guards.failing_assertion(program, ranges) is None
+def test_sizes_span_the_declared_ranges_by_name():
+    program, space = _deferred(_SquaresModThree(), 4, 16)
+    assert space.ranges == {"tokens": range(4, 17)}
+    assert space.shapes({"tokens": 9}) == [[2, 9]]
+    assert space.describe({"tokens": 9}) == "tokens = 9"
+    assert guards.failing_condition(program, space) is None
 
 
-def test_assertions_on_undeclared_sizes_or_too_many_sizes_are_not_trusted(monkeypatch):
-    program, ranges = _deferred(_SquaresModThree(), 4, 16)
-    assert "not declared" in guards.failing_assertion(program, {})
+def test_conditions_on_undeclared_sizes_or_too_many_sizes_are_not_trusted(monkeypatch):
+    program, space = _deferred(_SquaresModThree(), 4, 16)
+    assert "not declared" in guards.failing_condition(program, guards.SizeSpace([torch.ones(2, 6)], [{}]))
     monkeypatch.setattr(guards, "MAX_EVALUATIONS", 3)
-    assert "not checked" in guards.failing_assertion(program, ranges)
+    assert "not checked" in guards.failing_condition(program, space)
+
+
+class _ProductEven(torch.nn.Module):
+    """A relation across two inputs that torch.export accepts without proving: it stays a guard of
+    ``program.module()``, which an engine does not check."""
+
+    def forward(self, x, y):
+        return x.sum() * 2 if (x.shape[1] * y.shape[1]) % 2 == 0 else x.sum()
+
+
+def test_a_guard_export_accepts_is_checked_too():
+    a, b = Dim("a", 64, 100), Dim("b", 64, 100)
+    request = CompileRequest(component="m", module=_ProductEven(), args=(torch.ones(2, 70), torch.ones(2, 71)),
+                             kwargs={}, names=("x", "y"), dynamic={"x": {1: a}, "y": {1: b}},
+                             settings=RuntimeSettings(), device=None, precision="fp32")
+    with pytest.raises(EngineBuildError, match="does not serve every size of the declared ranges") as err:
+        export_module.InputPlan(request).export(request)
+    assert "fails at a = 65, b = 65" in str(err.value)
+
+
+class _CheckedItem(torch.nn.Module):
+    """A check on a data value beside a size guard torch cannot prove: the value's check is torch's business,
+    as in a direct export."""
+
+    def forward(self, x, k):
+        value = k.item()
+        torch._check(value >= 0)
+        n = x.shape[1]
+        return x * 2 if (n * n) % 3 != 2 else x
+
+
+def test_assertions_on_data_values_are_left_to_torch():
+    request = CompileRequest(component="m", module=_CheckedItem(), args=(torch.ones(2, 6), torch.tensor(3)),
+                             kwargs={}, names=("x", "k"), dynamic={"x": {1: Dim("tokens", 4, 16)}},
+                             settings=RuntimeSettings(), device=None, precision="fp32")
+    program = export_module.InputPlan(request).export(request)
+    torch.testing.assert_close(program.module()(torch.ones(2, 7), torch.tensor(1)), torch.full((2, 7), 2.0))
+
+
+def test_a_second_refusal_is_reported_as_such():
+    """A range the module cannot take at all (a size it specializes) is refused by both exports: the message
+    says so instead of claiming a check."""
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x.reshape(2, 2, 3)
+
+    request = _request(Fixed())
+    with pytest.raises(EngineBuildError) as err:
+        export_module.InputPlan(request).export(request)
+    assert "exported with those guards as runtime assertions, it was refused too" in str(err.value)
+    assert "checked at every size" not in str(err.value)
 
 
 @torch.no_grad()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.support import tiny_models as tm
 from trt_runtime.backends import _tensorrt_export as export_module
+from trt_runtime.backends import _tensorrt_passes as passes
 from trt_runtime.backends._tensorrt_passes import expand_copy_sources
 from trt_runtime.backends.base import CompileRequest
 from trt_runtime.settings import RuntimeSettings
@@ -116,3 +118,58 @@ def test_a_rewritten_write_keeps_its_place_in_the_programs_signature(tmp_path):
     torch.export.save(program, tmp_path / "p.pt2")
     loaded = torch.export.load(tmp_path / "p.pt2")
     torch.testing.assert_close(loaded.module()(torch.ones(3, 4)), torch.full((3, 4), 3.0))
+
+
+class _IntoDataDependentRows(torch.nn.Module):
+    """A destination whose size is known only at run time: comparing it with the source's would need a guard."""
+
+    def forward(self, x, row):
+        rows = x[x[:, 0] > 0]
+        out = rows.new_zeros(rows.shape[0], 4)
+        out.copy_(row)  # (1, 4) broadcast over the rows
+        return out
+
+
+def test_a_destination_of_data_dependent_size_is_expanded_without_a_guard():
+    module, row = _IntoDataDependentRows(), torch.arange(4.0).reshape(1, 4)
+    x = torch.tensor([[1.0, 0], [-1, 0], [2, 0]])
+    try:
+        torch.export.export(module, (x, row), strict=False)
+    except Exception as err:  # noqa: BLE001 - torch 2.11's meta of copy_ guards on the size itself
+        pytest.skip(f"torch {torch.__version__} cannot export this module ({type(err).__name__})")
+    program = _export(module, (x, row), names=("x", "row"))
+    assert all(dst == src for dst, src, _, _ in _copies(program))
+    torch.testing.assert_close(program.module()(x, row), module(x, row), rtol=0, atol=0)
+
+
+class _WriteInABranch(torch.nn.Module):
+    def forward(self, x, keep):
+        def masked(x, keep):
+            mask = keep.unsqueeze(1) & keep.unsqueeze(2)
+            mask[:, :, 0] = True
+            return torch.where(mask, x, torch.zeros_like(x))
+
+        return torch.cond(x.sum() > 0, masked, lambda x, keep: x.clone(), (x, keep))
+
+
+def test_writes_inside_the_branches_of_cond_are_rewritten_too():
+    module, x, keep = _WriteInABranch(), torch.ones(2, 6, 6), _keep(6)
+    program = _export(module, (x, keep), names=("x", "keep"))
+    writes = [n for gm in program.graph_module.modules() if isinstance(gm, torch.fx.GraphModule)
+              for n in gm.graph.nodes if n.target in (torch.ops.aten.fill_.Tensor, torch.ops.aten.copy_.default)]
+    assert writes and all(n.target is torch.ops.aten.copy_.default
+                          and tuple(n.args[1].meta["val"].shape) == tuple(n.args[0].meta["val"].shape) for n in writes)
+    torch.testing.assert_close(program.module()(x, keep), module(x, keep), rtol=0, atol=0)
+
+
+def test_a_program_that_cannot_be_checked_is_converted_as_exported(monkeypatch, caplog):
+    program = torch.export.export(_FilledOutput(), (torch.ones(3, 4),), strict=False)
+    before = program.graph_module.code
+
+    def broken(dst, src):
+        raise RuntimeError("no fake mode")
+
+    monkeypatch.setattr(passes, "_needs_expansion", broken)
+    assert expand_copy_sources(program, "m") == 0
+    assert program.graph_module.code == before
+    assert "could not check the program's in-place writes" in caplog.text

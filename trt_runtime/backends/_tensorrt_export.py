@@ -109,32 +109,45 @@ class InputPlan:
         return [api_table.input_kwargs(tuple(t.shape), t.dtype, dims) for _, t, dims in self.items]
 
     def export(self, request: CompileRequest):
+        """The call as an exported program that serves every size of the declared ranges: torch.export's
+        guards and deferred assertions are checked at each of them (``_export_guards``)."""
         flat = FlatCall(request.module, template(request.args, request.kwargs, request.names), self.paths)
         dynamic = self.dynamic_shapes()
         try:
             program = torch.export.export(flat, tuple(self.examples), dynamic_shapes=dynamic, strict=False)
         except Exception as err:
-            program = self._export_unproven(flat, dynamic, err, request)
+            program = self._export_deferred(flat, dynamic, err, request)
+        else:
+            failure = guards.failing_condition(program, self._space()) if dynamic is not None else None
+            if failure:
+                raise EngineBuildError(
+                    f"the exported program does not serve every size of the declared ranges: {failure}",
+                    component=request.component, shapes=self.shapes,
+                    hint="declare the ranges as the module takes them (a multiple_of, a narrower range, one Dim "
+                    "for sizes that must be equal); the call runs eagerly")
         expand_copy_sources(program, request.component)
         return program
 
-    def _export_unproven(self, flat: FlatCall, dynamic: tuple | None, err: Exception, request: CompileRequest):
-        """The program for declared ranges whose guards torch.export could not prove, when each of them holds
-        at every value of the ranges (``_export_guards``); else the refusal as an ``EngineBuildError``."""
-        checked = None
+    def _space(self) -> guards.SizeSpace:
+        return guards.SizeSpace(self.examples, (dims for _, _, dims in self.items))
+
+    def _export_deferred(self, flat: FlatCall, dynamic: tuple | None, err: Exception, request: CompileRequest):
+        """After a refusal of the declared ranges: the program with the guards torch.export could not prove
+        deferred to assertions, if each of them holds at every size of the ranges; else the refusal."""
+        detail = ""
         if dynamic is not None and guards.is_constraint_violation(err):
             try:
                 program = torch.export.export(flat, tuple(self.examples), dynamic_shapes=dynamic, strict=False,
                                               prefer_deferred_runtime_asserts_over_guards=True)
-                ranges = guards.symbol_ranges(program, (dims for _, _, dims in self.items))
-                checked = guards.failing_assertion(program, ranges)
-            except Exception as again:  # noqa: BLE001 - the first refusal is the one to report
-                checked = f"{type(again).__name__}: {first_lines(again, 2)}"
-            if checked is None:
-                logger.info("[%s] torch.export could not prove its guards over the declared ranges; each holds at "
-                            "every size of the ranges, so the program serves them", request.component)
-                return program
-        detail = f" (checked at every size of the declared ranges: {checked})" if checked else ""
+            except Exception:  # noqa: BLE001 - the first refusal is the one to report
+                detail = " (exported with those guards as runtime assertions, it was refused too)"
+            else:
+                failure = guards.failing_condition(program, self._space())
+                if failure is None:
+                    logger.info("[%s] torch.export could not prove its guards over the declared ranges; each "
+                                "holds at every size of the ranges, so the program serves them", request.component)
+                    return program
+                detail = f" (checked at every size of the declared ranges: {failure})"
         raise EngineBuildError(
             f"torch.export could not capture the module: {type(err).__name__}: {first_lines(err).rstrip('.')}"
             f"{detail}", component=request.component, shapes=self.shapes,

@@ -35,42 +35,68 @@ def _val(node: Any) -> Any:
 def _needs_expansion(dst: Any, src: Any) -> bool:
     if not isinstance(dst, torch.Tensor) or not isinstance(src, torch.Tensor):
         return False
-    return src.dtype != dst.dtype or tuple(src.shape) != tuple(dst.shape)
+    from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_eq
+
+    # a size known only at run time (data-dependent) is not compared, which would need a guard: expanding to
+    # the destination's own sizes is right whatever they are
+    return src.dtype != dst.dtype or not statically_known_true(sym_eq(tuple(src.shape), tuple(dst.shape)))
 
 
 def expand_copy_sources(program: torch.export.ExportedProgram, component: str = "") -> int:
     """Rewrite, in place, each write of a broadcast (or differently typed) source into a tensor as a
-    ``copy_`` of a source expanded and cast to the destination. Returns how many writes were rewritten."""
-    graph = program.graph_module.graph
+    ``copy_`` of a source expanded and cast to the destination, in every graph of ``program`` (branches of
+    ``torch.cond`` included). Returns how many writes were rewritten; a program this cannot rewrite is left as
+    it was (the rewrite only works around a converter), with a message."""
+    try:
+        plans = [(graph_module, _plan(graph_module.graph)) for graph_module in program.graph_module.modules()
+                 if isinstance(graph_module, torch.fx.GraphModule)]
+    except Exception as err:  # noqa: BLE001 - nothing was changed yet
+        logger.warning("[%s] could not check the program's in-place writes for torch-tensorrt's copy converter "
+                       "(%s: %s); it is converted as exported", component, type(err).__name__, err)
+        return 0
     rewritten = 0
-    for node in list(graph.nodes):
-        index = _IN_PLACE_WRITES.get(node.target) if node.op == "call_function" else None
-        if index is None or len(node.args) <= index:
-            continue
-        dst_node, src_node = node.args[0], node.args[index]
-        dst, src = _val(dst_node), _val(src_node)
-        if not _needs_expansion(dst, src):
-            continue
-        with graph.inserting_before(node):
-            source = src_node
-            if src.dtype != dst.dtype:
-                source = _call(graph, _aten._to_copy.default, (source,), {"dtype": dst.dtype},
-                               src.to(dst.dtype))
-            if tuple(src.shape) != tuple(dst.shape):
-                sizes = [_size(graph, dst_node, i, size) for i, size in enumerate(dst.shape)]
-                source = _call(graph, _aten.expand.default, (source, sizes), {},
-                               _val(source).expand(*dst.shape))
-        # the node itself is retargeted, so its name (which the program's signature may cite), users and
-        # metadata stay; copy and copy_ cast and broadcast as fill_ does
-        node.target = _aten.copy.default if node.target is _aten.copy.default else _aten.copy_.default
-        node.args = (dst_node, source)
-        rewritten += 1
+    for graph_module, plan in plans:
+        for node, cast, expand in plan:
+            _apply(graph_module.graph, node, cast, expand)
+        if plan:
+            graph_module.graph.lint()
+            graph_module.recompile()
+            rewritten += len(plan)
     if rewritten:
-        graph.lint()
-        program.graph_module.recompile()
         logger.debug("[%s] %d broadcast write(s) given a source of the destination's shape (copy converter)",
                      component, rewritten)
     return rewritten
+
+
+def _plan(graph: torch.fx.Graph) -> list[tuple]:
+    """The writes to rewrite, each with the fake values of its cast and expanded sources (None: not needed).
+    Reads only: every check and fake computation happens here, before anything changes."""
+    plan = []
+    for node in graph.nodes:
+        index = _IN_PLACE_WRITES.get(node.target) if node.op == "call_function" else None
+        if index is None or len(node.args) <= index:
+            continue
+        dst, src = _val(node.args[0]), _val(node.args[index])
+        if not _needs_expansion(dst, src):
+            continue
+        cast = src.to(dst.dtype) if src.dtype != dst.dtype else None
+        expand = (cast if cast is not None else src).expand(*dst.shape)
+        plan.append((node, cast, expand))
+    return plan
+
+
+def _apply(graph: torch.fx.Graph, node: torch.fx.Node, cast: Any, expand: Any) -> None:
+    dst_node, source = node.args[0], node.args[_IN_PLACE_WRITES[node.target]]
+    dst = _val(dst_node)
+    with graph.inserting_before(node):
+        if cast is not None:
+            source = _call(graph, _aten._to_copy.default, (source,), {"dtype": dst.dtype}, cast)
+        sizes = [_size(graph, dst_node, i, size) for i, size in enumerate(dst.shape)]
+        source = _call(graph, _aten.expand.default, (source, sizes), {}, expand)
+    # the node itself is retargeted, so its name (which the program's signature may cite), users and
+    # metadata stay; copy and copy_ cast and broadcast as fill_ does
+    node.target = _aten.copy.default if node.target is _aten.copy.default else _aten.copy_.default
+    node.args = (dst_node, source)
 
 
 def _call(graph: torch.fx.Graph, target: Any, args: tuple, kwargs: dict, val: Any) -> torch.fx.Node:
