@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "trt-runtime") -> int:
         return _fail(prog, _describe(err, args), 2)
     except BrokenPipeError:
         _silence_stdout()  # the reader (`| head`) has gone; Python would otherwise complain at exit
-        return 1
+        return 0  # the reader chose to stop: not a failure (`set -o pipefail` scripts would stop here otherwise)
     except KeyboardInterrupt:
         return _fail(prog, "interrupted", 130)
     except Exception as err:  # noqa: BLE001 - one line for the user, the traceback with -vv

@@ -115,11 +115,18 @@ def run_demo(
         out(f"wrapped, run {run}: {seconds:.2f} s (so far: {totals['compiles']} compiled, "
             f"{totals['loads']} loaded from the disk cache, {totals['fallbacks']} eager fallbacks)")
     difference = float(abs(images[-1].astype("float64") - reference.astype("float64")).max())
+    speedup = eager_seconds / timings[-1] if timings[-1] > 0 else float("nan")
+    out(f"run 2 against eager: {speedup:.2f}x" + (
+        " (a CPU and this small model leave little to gain; on a GPU, see the README's benchmarks)"
+        if not device.startswith("cuda") else ""))
     out(f"largest pixel difference to eager (0..1 scale): {difference:.2e}")
     out("")
     out(runtime.summary())
     backend_names = sorted({row.backend for row in runtime.stats.rows()}) or ["eager"]
-    out(f"\nbackend: {', '.join(backend_names)}. Run the demo again: the next process loads the "
-        "artifacts from the cache instead of compiling.")
+    if runtime.stats.totals()["compiles"]:
+        hint = "Run the demo again: the next process loads the artifacts from the cache instead of compiling."
+    else:
+        hint = "Nothing was compiled in this process: every artifact came from the cache."
+    out(f"\nbackend: {', '.join(backend_names)}. {hint}")
     return {"eager_seconds": eager_seconds, "timings": timings, "totals": runtime.stats.totals(),
             "images": images, "reference": reference, "max_difference": difference, "backend": backend_names}
