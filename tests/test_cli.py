@@ -164,3 +164,12 @@ def test_json_output_into_a_closed_pipe_is_quiet(tmp_path):
         stderr = proc.stderr.read()
         proc.wait(timeout=120)
         assert "Traceback" not in stderr and "BrokenPipe" not in stderr and proc.returncode == 0, stderr
+
+
+def test_cache_ls_names_shapes_as_summaries_do(tmp_path, monkeypatch, capsys):
+    from trt_runtime.cache import EngineCache
+
+    EngineCache(tmp_path).write_failure("ab" * 20, {"component": "unet", "shapes": [[2, 4, 8, 8], []]}, "boom")
+    monkeypatch.setenv("TRT_CACHE_DIR", str(tmp_path))
+    assert main(["cache", "ls"]) == 0
+    assert "2x4x8x8, scalar" in capsys.readouterr().out

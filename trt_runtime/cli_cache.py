@@ -58,7 +58,7 @@ def cmd_cache_ls(args) -> int:
     rows = []
     for e in entries:
         m = e.meta
-        shapes = " ".join("x".join(map(str, s)) for s in m.get("shapes", [])[:4])
+        shapes = ", ".join("x".join(map(str, s)) or "scalar" for s in m.get("shapes", [])[:4])  # as in summaries
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
         rows.append((e.key[:12], str(m.get("component", "?")), str(m.get("backend", "?")), e.status,
                      _size(e.size), used, shapes, str(m.get("error", "")) if e.status == "failed" else ""))
