@@ -24,7 +24,6 @@ __all__ = [
     "positional_names",
     "iter_tensors",
     "tensor_shapes",
-    "short_shapes",
     "PRECISION_OF",
     "DTYPE_OF",
     "precision_of",
@@ -78,12 +77,6 @@ def _walk(path: str, value: Any) -> Iterator[tuple[str, Any]]:
 def tensor_shapes(args: tuple, kwargs: Mapping[str, Any]) -> list[tuple[int, ...]]:
     """Shapes of every tensor of a call, in ``iter_tensors`` order (for messages and logs)."""
     return [tuple(t.shape) for _, t in iter_tensors(args, kwargs)]
-
-
-def short_shapes(shapes: list[tuple[int, ...]]) -> str:
-    """``2x4x64x64, 2, 2x77x768``: shapes as a person reads them in a log line."""
-    text = ", ".join("x".join(map(str, s)) or "scalar" for s in shapes[:6])
-    return text + (f", ... ({len(shapes)} tensors)" if len(shapes) > 6 else "")
 
 
 PRECISION_OF: Mapping[torch.dtype, str] = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}

@@ -46,6 +46,8 @@ _LS_COLUMNS = ("KEY", "COMPONENT", "BACKEND", "STATUS", "SIZE", "LAST USED", "SH
 
 @_cache_command
 def cmd_cache_ls(args) -> int:
+    from .stats import short_shapes
+
     cache = _cache(args)
     entries = cache.entries()
     if args.json:
@@ -58,7 +60,7 @@ def cmd_cache_ls(args) -> int:
     rows = []
     for e in entries:
         m = e.meta
-        shapes = ", ".join("x".join(map(str, s)) or "scalar" for s in m.get("shapes", [])[:4])  # as in summaries
+        shapes = short_shapes(m.get("shapes", []), limit=4)
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
         rows.append((e.key[:12], str(m.get("component", "?")), str(m.get("backend", "?")), e.status,
                      _size(e.size), used, shapes, str(m.get("error", "")) if e.status == "failed" else ""))

@@ -33,12 +33,13 @@ import torch
 from . import keys
 from .backends import Backend, CompileRequest
 from .cache import FAILED, READY
-from .calls import short_shapes, tensor_shapes
+from .calls import tensor_shapes
 from .errors import CacheError, ConfigurationError, EngineBuildError, TrtRuntimeError, ValidationError
 from .logging_utils import Heartbeat, event
 from .settings import default_tolerance
 from .shapes import active_dims
 from .state import State
+from .stats import short_shapes
 from .validation import relative_error
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -25,7 +25,7 @@ import torch
 from . import build_process, builds, keys
 from .backends import Backend, check_backend_name, select_backend
 from .cache import EngineCache
-from .calls import short_shapes, tensor_shapes
+from .calls import tensor_shapes
 from .component import Component
 from .errors import CacheError, EngineRunError, TrtRuntimeError, UnkeyableInputError
 from .graphs import unsafe_reason
@@ -33,7 +33,7 @@ from .logging_utils import install_default_handler
 from .resolver import NOTHING, Resolution, Resolver
 from .settings import RuntimeSettings
 from .state import Slot, State
-from .stats import RuntimeStats
+from .stats import RuntimeStats, short_shapes
 
 __all__ = ["TensorRTRuntime", "Component", "get_default_runtime"]
 

@@ -6,7 +6,13 @@ import dataclasses
 import threading
 from typing import Any
 
-__all__ = ["KeyStats", "RuntimeStats"]
+__all__ = ["KeyStats", "RuntimeStats", "short_shapes"]
+
+
+def short_shapes(shapes, limit: int = 6) -> str:
+    """``2x4x64x64, 2, 2x77x768``: shapes as a person reads them in a log line, a summary or ``cache ls``."""
+    text = ", ".join("x".join(map(str, s)) or "scalar" for s in list(shapes)[:limit])
+    return text + (f", ... ({len(shapes)} tensors)" if len(shapes) > limit else "")
 
 
 @dataclasses.dataclass

@@ -58,6 +58,8 @@ class SizeSpace:
                 low, high = dim.steps
                 self.ranges[dim.symbol] = range(low, high + 1)
                 self.where[(i, index)] = dim.symbol
+        self.variables = {symbol: f"k{i}" for i, symbol in enumerate(self.ranges)}
+        """Each symbol's name in the code of a check (symbol names need not be identifiers)."""
 
     def describe(self, values: Mapping[str, int]) -> str:
         """``values`` as sizes of the declared dims: ``height = 40, batch = 3``."""
@@ -97,7 +99,7 @@ class _Check:
 
     def __init__(self, shown: str, code: str, symbols: list[str]) -> None:
         self.shown, self.symbols = shown, symbols
-        self.strides = "T[" in code
+        self.sizes, self.strides = "S[" in code, "T[" in code
         self.code = compile(code, "<size guard>", "eval")
 
 
@@ -143,8 +145,7 @@ def _assertion_checks(program, space: SizeSpace) -> list[_Check] | str:
         unknown = sorted(str(s) for s in free if s not in names)
         if unknown:
             return f"{expr} depends on sizes that are not declared ({', '.join(unknown)})"
-        positive = {s: sympy.Symbol(f"k{list(space.ranges).index(names[s])}", integer=True, positive=True)
-                    for s in free}
+        positive = {s: sympy.Symbol(space.variables[names[s]], integer=True, positive=True) for s in free}
         renamed = expr.xreplace(positive)
         if renamed is sympy.true:
             continue
@@ -181,7 +182,6 @@ def failing_condition(program: torch.export.ExportedProgram, space: SizeSpace) -
         if isinstance(found, str):
             return found
         checks.extend(found)
-    order = list(space.ranges)
     budget = MAX_EVALUATIONS
     seen: set[tuple] = set()
     for check in checks:
@@ -193,11 +193,13 @@ def failing_condition(program: torch.export.ExportedProgram, space: SizeSpace) -
             return (f"{check.shown} would need {combos} evaluations over the declared ranges, more than "
                     f"{MAX_EVALUATIONS} in all; not checked")
         budget -= combos
+        variables = [space.variables[s] for s in check.symbols]
         for values in itertools.product(*(space.ranges[s] for s in check.symbols)):
             assignment = dict(zip(check.symbols, values, strict=True))
-            sizes = space.shapes(assignment)
-            scope = {"S": sizes, "T": space.strides(sizes) if check.strides else None,
-                     **{f"k{order.index(s)}": v for s, v in assignment.items()}}
+            scope = dict(zip(variables, values, strict=True))
+            if check.sizes or check.strides:
+                scope["S"] = sizes = space.shapes(assignment)
+                scope["T"] = space.strides(sizes) if check.strides else None
             try:
                 holds = bool(eval(check.code, {"__builtins__": _BUILTINS}, scope))  # noqa: S307 - torch's own guards
             except Exception as err:  # noqa: BLE001 - a condition we cannot evaluate is not trusted
