@@ -319,3 +319,43 @@ def test_constant_attention_bias_failure_is_built_again_decomposed(standin, tmp_
         assert row.state == "failed" and "unsupported operand" in row.error
     finally:
         trt.dynamo.compile = real_compile
+
+
+@pytest.mark.parametrize("decomposed_helps", [True, False])
+def test_engine_without_execution_context_is_built_again_decomposed_then_falls_back_with_its_cause(
+        decomposed_helps, standin, tmp_path, caplog):
+    """TensorRT-RTX 1.4 built HunyuanVideo's transformer on the GPU but could not create its execution
+    context (a cuDNN graph of a fused attention it could not compile). The build is tried once more with the
+    attention decomposed; if that fails too, the call runs eagerly and the warning names the cause, not
+    unsupported ops."""
+    trt = standin("2.11.0")
+    real_compile = trt.dynamo.compile
+    context_error = "[Error thrown at core/runtime/TRTEngine.cpp:143] Expected (exec_ctx.get() != nullptr) to be " \
+                    "true but got false"
+    tries = []
+
+    @functools.wraps(real_compile)
+    def compile_like_rtx(program, **kwargs):
+        tries.append(kwargs.get("decompose_attention"))
+        if not (decomposed_helps and kwargs.get("decompose_attention")):
+            raise RuntimeError(context_error)
+        return real_compile(program, **kwargs)
+
+    trt.dynamo.compile = compile_like_rtx
+    try:
+        rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path)
+        module = support.make_toy()
+        with caplog.at_level("INFO", logger="trt_runtime"):
+            torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=rt), 2), _eager(module, 2))
+        assert tries == [None, True]  # once more, decomposed; never a third time
+        (row,) = rt.stats.rows()
+        if decomposed_helps:
+            assert row.state == "ready" and any("execution context" in r.getMessage() for r in caplog.records)
+        else:
+            assert row.state == "failed"
+            (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+            assert "could not create its execution context" in warning and "min_block_size does not" in warning
+            _run(trt_runtime.TensorRTModule(module, runtime=rt), 2)
+            assert len(tries) == 2  # the failure is remembered
+    finally:
+        trt.dynamo.compile = real_compile

@@ -8,6 +8,7 @@
   last build that needed it leaves: no patch outlives the builds, and builds of other threads or of
   other libraries meanwhile pass through untouched. The contract tests pin the method per release.
 - ``engine_error_hint``: what to tell a user whose engine cannot run on this GPU.
+- ``attention_retry_reason``: whether a failed build is worth one more try with the attention decomposed.
 
 Nothing here imports torch_tensorrt at import time.
 """
@@ -22,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["build_target", "engine_error_hint", "HOOKED_METHOD"]
+__all__ = ["attention_retry_reason", "build_target", "engine_error_hint", "HOOKED_METHOD"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +99,40 @@ def build_target(flavour: str, target: str) -> Iterator[None]:
 
 
 _NO_KERNELS = ("compatible cubin or ptx", "no kernel image is available")
+# torch_tensorrt's TRTEngine checks the context it asked TensorRT for; TensorRT's own reason (a Myelin or cuDNN
+# graph it could not compile for this GPU) goes to its logger, printed just before.
+_NO_CONTEXT = ("exec_ctx.get() != nullptr", "createexecutioncontext")
+
+
+def _context_failed(text: str) -> bool:
+    return any(marker in text for marker in _NO_CONTEXT)
+
+
+def attention_retry_reason(error: BaseException) -> str | None:
+    """Why a failed ``dynamo.compile`` should be tried once more with ``decompose_attention=True``, or None.
+
+    - a constant attention bias (a causal mask made inside the module: HunyuanVideo's video VAE) reaches the
+      fused-attention converter as a torch tensor (2.11-2.13): ``add_cast`` TypeError;
+    - the engine built but TensorRT could not create its execution context (HunyuanVideo's transformer with
+      TensorRT-RTX 1.4 on an H100/H200: "cuDNN graph compilation failed" in a Myelin region; a fused
+      attention with a mask is what TensorRT hands to cuDNN's graph API)."""
+    text = str(error)
+    if isinstance(error, TypeError) and "add_cast" in text:
+        return "the fused attention converter could not take a constant attention bias (add_cast TypeError)"
+    if isinstance(error, RuntimeError) and _context_failed(text.lower()):
+        return "the engine built but TensorRT could not create its execution context on this GPU"
+    return None
 
 
 def engine_error_hint(error: BaseException | str, flavour: str | None, target: str) -> str | None:
     """A hint for an engine that built but cannot run on this GPU (its kernels target other compute
-    capabilities); None for any other error."""
+    capabilities, or TensorRT could not create its execution context); None for any other error."""
     text = str(error).lower()
+    if _context_failed(text) and not any(marker in text for marker in _NO_KERNELS):
+        return ("the engine built, but TensorRT could not create its execution context on this GPU (its log "
+                "above gives the reason, often a fused kernel it could not compile); the call runs eagerly. "
+                "Keeping the op named there out of the engine (tensorrt_options {'torch_executed_ops': ...}) "
+                "or backend='inductor' for this component avoids it; min_block_size does not")
     if not any(marker in text for marker in _NO_KERNELS):
         return None
     if flavour == "tensorrt-rtx" and target == "portable":

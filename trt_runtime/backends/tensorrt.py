@@ -30,7 +30,7 @@ from ..errors import BackendUnavailableError, EngineBuildError
 from ..logging_utils import event
 from . import _tensorrt_api as api_table
 from . import _tensorrt_rtcache as rtcache
-from ._tensorrt_build import build_target, engine_error_hint
+from ._tensorrt_build import attention_retry_reason, build_target, engine_error_hint
 from ._tensorrt_export import InputPlan
 from .base import Backend, CompileRequest
 
@@ -136,15 +136,11 @@ class TensorRTBackend(Backend):
                     torch_tensorrt)
                 try:
                     graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
-                except TypeError as err:
-                    if not (can_decompose and "add_cast" in str(err)):
+                except (TypeError, RuntimeError) as err:
+                    why = attention_retry_reason(err)
+                    if not (can_decompose and why):
                         raise
-                    # A constant attention bias (a causal mask built inside the module: HunyuanVideo's video
-                    # VAE) reaches the fused-attention converter as a torch tensor (2.11-2.13): decomposed,
-                    # the attention converts.
-                    logger.info("[%s] the fused attention converter could not take a constant attention bias "
-                                "(add_cast TypeError); building again with decompose_attention=True",
-                                request.component)
+                    logger.info("[%s] %s; building again with decompose_attention=True", request.component, why)
                     kwargs["decompose_attention"], can_decompose = True, False
                     graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
                 left = attention_outside_engine(graph_module)
