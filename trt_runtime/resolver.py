@@ -35,6 +35,7 @@ from .backends import Backend, CompileRequest
 from .cache import FAILED, READY
 from .calls import tensor_shapes
 from .errors import CacheError, ConfigurationError, EngineBuildError, TrtRuntimeError, ValidationError
+from .loaded import LOADED, Identity, identity
 from .logging_utils import Heartbeat, event
 from .settings import default_tolerance
 from .shapes import active_dims
@@ -288,15 +289,21 @@ class _Job:
             return None
         started = time.perf_counter()
         refits = 0
-        logger.debug("[%s] loading %s", comp.name, entry.path, extra=event(
-            "load_start", comp.name, backend=self.backend.name, shapes=short_shapes(self.shapes)))
+        ident = self._shared_identity(entry.meta)
+        shared = LOADED.get(ident)  # loaded by another wrapper of this process: not loaded (and JIT-compiled) again
+        logger.debug("[%s] %s %s", comp.name, "reusing the artifact this process loaded from" if shared else
+                     "loading", entry.path, extra=event("load_start", comp.name, backend=self.backend.name,
+                                                        shapes=short_shapes(self.shapes)))
         try:
             # the reader lock keeps eviction away, and a program with undeclared pickles is refused
-            with self.cache.loading(entry) as folder:
-                if beside and not self.backend.loads_beside_calls(folder):
-                    return None
-                with _phase(self.phases, "load"):
-                    fn = self.backend.load(self.request, folder)
+            with contextlib.nullcontext() if shared else self.cache.loading(entry) as folder:
+                if shared:
+                    fn = loaded = shared
+                else:
+                    if beside and not self.backend.loads_beside_calls(folder):
+                        return None
+                    with _phase(self.phases, "load"):
+                        fn = loaded = self.backend.load(self.request, folder)
                 if "weights" in self.meta and entry.meta.get("weights") != self.meta["weights"]:
                     with _phase(self.phases, "refit"):  # the entry holds other weights than the module's
                         fn = self.backend.refit(fn, self.request)
@@ -330,8 +337,12 @@ class _Job:
             return None
         seconds = time.perf_counter() - started
         self.cache.touch(entry)
+        LOADED.put(ident, loaded)
         where = ", beside the calls" if beside else ""
-        message = None if quiet else f"loaded {self.backend.name} artifact from {entry.path} in {seconds:.2f} s{where}"
+        how = "reused the" if shared else "loaded"
+        message = None if quiet else f"{how} {self.backend.name} artifact from {entry.path} in {seconds:.2f} s{where}"
+        if shared and not quiet:
+            message += " (already loaded in this process)"
         logger.debug("[%s] loaded", comp.name, extra=event("load_end", comp.name, seconds=seconds, ok=True))
         return self.ready(fn, output, message, loads=1, load_seconds=seconds, calls=int(self.run_call),
                           refits=refits)
@@ -371,6 +382,7 @@ class _Job:
                     entry = self.cache.write(self.key, meta, lambda folder: self._save(fn, folder),
                                              optional=self.backend.optional_files)
                 where = f"saved to {entry.path}"
+                LOADED.put(self._shared_identity(entry.meta), fn)  # a later wrapper of this process reuses it
             except CacheError as err:
                 if isinstance(err.__cause__, _SaveFailed):  # the backend's serializer, not the disk
                     comp.warn_once(f"save:{self.key}", "[%s] the %s artifact could not be saved (%s); it serves "
@@ -381,6 +393,12 @@ class _Job:
         logger.info("[%s] compiled in %.1f s, %s", comp.name, seconds, where,
                     extra=event("build_end", comp.name, seconds=seconds, ok=True))
         return self.ready(fn, output, None, compiles=1, compile_seconds=seconds, calls=int(self.run_call))
+
+    def _shared_identity(self, meta: dict[str, Any]) -> Identity | None:
+        """What identifies this entry's loaded artifact in ``trt_runtime.loaded`` (None: not shared)."""
+        if not self.backend.shares_loaded:
+            return None
+        return identity(self.backend.name, self.key, meta.get("files"), self.request.device)
 
     def _save(self, fn: Callable[..., Any], folder) -> None:
         try:

@@ -98,7 +98,7 @@ def test_family_converts_and_matches_eager(family, cache_dir):
 @torch.no_grad()
 def test_engine_reloads_in_a_fresh_process_without_building(cache_dir):
     script = textwrap.dedent(f"""
-        import json, sys, torch
+        import json, sys, time, torch
         sys.path.insert(0, {ROOT!r})
         from tests.support import tiny_models as tm
         from trt_runtime import TensorRTRuntime
@@ -111,7 +111,17 @@ def test_engine_reloads_in_a_fresh_process_without_building(cache_dir):
         ctx = torch.randn(2, 8, 32, device="cuda", dtype=torch.float16, generator=g)
         with torch.no_grad():
             out = unet(x, 10, ctx).sample
-        print(json.dumps({{"totals": rt.stats.totals(), "sum": float(out.float().sum())}}))
+        # a second runtime of the same process (other serving settings) reuses the engine: no second load and JIT
+        again = tm.sd_unet().to("cuda", torch.float16).eval()
+        rt2 = TensorRTRuntime(backend="tensorrt", cache_dir={str(cache_dir)!r}, strict=True, cuda_graphs=False)
+        apply_unet(again, runtime=rt2)
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.no_grad():
+            out2 = again(x, 10, ctx).sample
+        torch.cuda.synchronize()
+        print(json.dumps({{"totals": rt.stats.totals(), "sum": float(out.float().sum()), "totals2": rt2.stats.totals(),
+                          "second_s": time.perf_counter() - started, "sum2": float(out2.float().sum())}}))
     """)
     results, logs = [], []
     env = dict(os.environ, TRT_RUNTIME_VERBOSITY="info")
@@ -124,7 +134,12 @@ def test_engine_reloads_in_a_fresh_process_without_building(cache_dir):
     assert first["totals"]["compiles"] == 1 and second["totals"]["compiles"] == 0 and second["totals"]["loads"] == 1, (
         f"first process:\n{logs[0]}\nsecond process:\n{logs[1]}")
     assert second["sum"] == pytest.approx(first["sum"], rel=1e-3)
-    _report(test="reload", first_s=first["totals"]["compile_seconds"], load_s=second["totals"]["load_seconds"])
+    for result, log in zip(results, logs, strict=True):  # built, then loaded: either way reused by the second runtime
+        assert result["totals2"]["compiles"] == 0 and result["totals2"]["loads"] == 1, log
+        assert "already loaded in this process" in log, log
+        assert result["sum2"] == pytest.approx(result["sum"], rel=1e-3)
+    _report(test="reload", first_s=first["totals"]["compile_seconds"], load_s=second["totals"]["load_seconds"],
+            second_runtime_s=[r["second_s"] for r in results])
 
 
 @torch.no_grad()

@@ -63,6 +63,11 @@ class Backend(abc.ABC):
     in that window raises ``NameError: module is not installed as a submodule`` (seen on an H100: a
     background build beside a generating pipeline). Background builds of such backends run in a child
     process, or in the caller's thread between its calls."""
+    shares_loaded: ClassVar[bool] = False
+    """Whether one loaded artifact may serve every wrapper of the process whose call resolves to the same cache
+    entry (``trt_runtime.loaded``): true where the artifact holds its own weights and loading it again costs
+    (TensorRT-RTX compiles an engine's kernels on every load). Refits must then return a new artifact, never
+    change the shared one."""
     optional_files: ClassVar[frozenset[str]] = frozenset()
     """Files ``save`` may write that only make a load faster (TensorRT-RTX's runtime cache): sealed and
     signed like the others, but an entry whose optional file is missing or damaged still loads, without

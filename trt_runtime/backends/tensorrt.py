@@ -60,6 +60,9 @@ def cuda_unavailable_reason(device: torch.device | None) -> str | None:
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    shares_loaded = True
+    """An engine holds its weights, refits make a copy (``in_place=False``), and TensorRT-RTX compiles an
+    engine's kernels again on every load: one load per entry and process (``trt_runtime.loaded``)."""
     optional_files = frozenset({rtcache.RUNTIME_CACHE_FILE})
     """TensorRT-RTX's runtime cache (``_tensorrt_rtcache``): without it a load JIT-compiles again."""
     artifact_fields = frozenset(
