@@ -123,6 +123,9 @@ def prepare(case: Case, size: str, device: torch.device, dtype: torch.dtype, cac
             logger.info("[%s] compiling with %s", case.name, name)
             out, figures[f"{name}_first_call_s"] = _timed_first_call(runs[name], device)
             figures[f"{name}_rel_error"] = relative_error(out, reference)
+            if name == "trt_runtime":  # where our first call's time went (fingerprint, export, engine build, save...)
+                figures["trt_runtime_first_call_phases"] = {
+                    row.component: dict(row.phases) for row in runtime.stats.rows() if row.phases}
         for _ in range(3):  # later calls: CUDA graph captures (ours on the 2nd call) happen here, not timed
             for fn in runs.values():
                 fn()

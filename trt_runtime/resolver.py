@@ -361,6 +361,9 @@ class _Job:
                     _phase(self.phases, "compile"):
                 fn = self.backend.compile(self.request)
                 output = self._call(fn)
+            # the parts a backend timed inside its compile (export, engine build); the rest is the first call
+            self.phases.update({f"compile: {name}": seconds
+                                for name, seconds in (getattr(fn, "build_phases", None) or {}).items()})
         except ConfigurationError:
             raise  # the user's settings are wrong: say so now, do not remember it as this key's failure
         except Exception as err:  # noqa: BLE001 - every build failure is classified below

@@ -59,6 +59,7 @@ def measure(case_name: str, cache_dir: str, calls: int, size: str = "full") -> d
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     return {"case": case_name, "size": size, "gpu": gpu, "torch": torch.__version__,
             "A_first_call_s": round(a_s, 3), "A_totals": first.stats.totals(),
+            "A_phases": {row.component: row.phases for row in first.stats.rows()},
             "B_first_call_s": round(b_s, 3), "B_totals": second.stats.totals(),
             "eager_first_call_s": round(eager_s, 3),
             "step_ms": {"eager": med["eager"], "A_engine_no_graphs": med["A"], "B_engine_graphs": med["B"]},

@@ -379,6 +379,9 @@ def test_second_wrapper_of_the_process_reuses_the_loaded_engine(standin, tmp_pat
     kept = trt_runtime.TensorRTModule(module, runtime=first)
     torch.testing.assert_close(_run(kept, 2), expected)
     assert first.stats.totals()["compiles"] == 1
+    (row,) = first.stats.rows()  # the build's parts are timed apart from its first call
+    assert {"compile: export", "compile: engine build"} <= row.phases.keys()
+    assert row.phases["compile: export"] + row.phases["compile: engine build"] <= row.phases["compile"]
 
     with caplog.at_level("INFO", logger="trt_runtime"):
         second = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True, cuda_graphs=False)

@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,9 @@ class TensorRTBackend(Backend):
         )
         logger.debug("[%s] exporting with torch.export", request.component,
                      extra=event("phase", request.component, phase="torch.export"))
+        started = time.perf_counter()
         program = plan.export(request)
+        exported = time.perf_counter()
         arg_inputs = [torch_tensorrt.Input(**spec) for spec in plan.input_specs()]
         logger.debug("[%s] %s compile keywords: %s", request.component, api.name, kwargs,
                      extra=event("phase", request.component, phase=f"{_ENGINE_NAME.get(flavour, flavour)} engine build"))
@@ -167,7 +170,9 @@ class TensorRTBackend(Backend):
             _restore_device(request, device_before)
         # the first call, run before the entry is saved, fills the runtime cache with its JIT kernels
         cache = _runtime_cache(torch_tensorrt, api, version, graph_module, None, request.component)
-        return _EngineCall(graph_module, plan.paths, request.names, cache, output_dtypes(program))
+        call = _EngineCall(graph_module, plan.paths, request.names, cache, output_dtypes(program))
+        call.build_phases = {"export": exported - started, "engine build": time.perf_counter() - exported}
+        return call
 
     def refit(self, compiled, request: CompileRequest):
         """The engine with the module's current weights: ``refit_module_weights`` re-exports the module and
@@ -236,6 +241,8 @@ class _EngineCall:
         self._cast: list[torch.dtype | None] | None = None if out_dtypes is None else [
             _dtype(name) for name in out_dtypes]
         self._checked = False
+        self.build_phases: dict[str, float] = {}
+        """Seconds of the build's parts (``export``, ``engine build``), for ``runtime.summary()``."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         tensors = [tensor for _, tensor in iter_tensors(args, kwargs, self.names)]
