@@ -360,3 +360,17 @@ def test_copy_converter_ignores_the_destination_shape(wheel):
     assert "expand" not in body and "broadcast" not in body
     dtype = "dest.dtype" if api_table.parse_version(wheel.version) >= (2, 12) else "src.dtype"
     assert dtype in body
+
+
+def test_attention_shape_rule_matches_the_release(wheel):
+    """Why a UNet's cross-attention is decomposed up front on 2.11 (``_tensorrt_passes.uneven_attention``): there
+    every attention converter's validator refuses a query, key and value of different shapes; from 2.12 the
+    sequence lengths may differ (``seq_len_dim``), and trt_runtime leaves the fused attention to the release."""
+    converters = wheel.read("dynamo/conversion/aten_ops_converters.py")
+    names = ["scaled_dot_product_attention_validator", "scaled_dot_product_flash_attention_validator",
+             "scaled_dot_product_efficient_attention_validator"]
+    bodies = [ast.unparse(_function(converters, name)) for name in names]
+    if _api(wheel).attention_same_shapes:
+        assert all("query_shape != key_shape" in body for body in bodies)
+    else:
+        assert "seq_len_dim" in bodies[0] and not any("query_shape != key_shape" in body for body in bodies)

@@ -173,3 +173,42 @@ def test_a_program_that_cannot_be_checked_is_converted_as_exported(monkeypatch, 
     assert expand_copy_sources(program, "m") == 0
     assert program.graph_module.code == before
     assert "could not check the program's in-place writes" in caplog.text
+
+
+class _CrossAttention(torch.nn.Module):
+    """A UNet's attention in small: self-attention over the image tokens, cross-attention to the text tokens."""
+
+    def forward(self, x, context):
+        q = x.unflatten(-1, (2, 4)).transpose(1, 2)
+        kv = context.unflatten(-1, (2, 4)).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        return torch.nn.functional.scaled_dot_product_attention(out, kv, kv).transpose(1, 2).flatten(-2)
+
+
+def test_uneven_attention_finds_cross_attention_only():
+    args = (torch.randn(2, 16, 8), torch.randn(2, 7, 8))
+    program = _export(_CrossAttention(), args, names=("x", "context"))
+    (name,) = passes.uneven_attention(program)  # the self-attention is even
+    node = next(n for n in program.graph.nodes if n.name == name)
+    assert node.args[0].meta["val"].shape[2] == 16 and node.args[1].meta["val"].shape[2] == 7
+    # the same module attending to as many text tokens as image tokens has none
+    assert passes.uneven_attention(_export(_CrossAttention(), (args[0], torch.randn(2, 16, 8)),
+                                           names=("x", "context"))) == []
+
+
+def test_uneven_attention_over_declared_ranges_compares_symbols():
+    """Lengths that are one declared dim are even at every size; two dims are not known to be equal."""
+    same = {"x": {1: Dim("tokens", 4, 32)}, "context": {1: Dim("tokens", 4, 32)}}
+    apart = {"x": {1: Dim("tokens", 4, 32)}, "context": {1: Dim("text", 4, 32)}}
+    args = (torch.randn(2, 16, 8), torch.randn(2, 16, 8))
+    assert passes.uneven_attention(_export(_CrossAttention(), args, same, names=("x", "context"))) == []
+    assert len(passes.uneven_attention(_export(_CrossAttention(), args, apart, names=("x", "context")))) == 1
+
+
+def test_tiny_unet_cross_attention_is_found():
+    unet = tm.sd_unet().eval()
+    args = (torch.randn(2, 4, 16, 16), torch.tensor(10), torch.randn(2, 8, 32))
+    program = _export(unet, args, names=("sample", "timestep", "encoder_hidden_states"))
+    found = passes.uneven_attention(program)
+    assert found and len(found) == sum(1 for n in program.graph.nodes
+                                       if "scaled_dot_product_attention" in str(n.target)) // 2

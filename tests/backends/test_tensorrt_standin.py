@@ -413,3 +413,35 @@ def test_second_wrapper_of_the_process_reuses_the_loaded_engine(standin, tmp_pat
     fifth.cache.clear()
     torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=fifth), 2), expected)
     assert fifth.stats.totals()["compiles"] == 1
+
+
+class _CrossAttention(torch.nn.Module):
+    """A UNet's cross-attention in small: image tokens attend to text tokens of another length."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x, context):
+        q = self.proj(x).unflatten(-1, (2, 4)).transpose(1, 2)
+        kv = context.unflatten(-1, (2, 4)).transpose(1, 2)
+        return torch.nn.functional.scaled_dot_product_attention(q, kv, kv).transpose(1, 2).flatten(-2)
+
+
+@pytest.mark.parametrize("version", ["2.11.0", "2.12.1"])
+def test_cross_attention_is_decomposed_up_front_where_the_release_needs_it(version, standin, tmp_path, caplog):
+    """2.11's attention converters take only a query, key and value of one shape, so a UNet's cross-attention
+    stayed in PyTorch and the UNet was built twice (126 s on an H200). Seen in the program, 2.11 gets
+    decompose_attention=True in its one build; 2.12 converts such attention and is not asked to."""
+    trt = standin(version)
+    module = _CrossAttention().eval()
+    x, context = torch.randn(2, 16, 8), torch.randn(2, 7, 8)
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    with torch.no_grad(), caplog.at_level("INFO", logger="trt_runtime"):
+        torch.testing.assert_close(trt_runtime.TensorRTModule(module, runtime=rt)(x, context), module(x, context))
+    (call,) = _calls(trt, "compile")  # one build either way
+    if version == "2.11.0":
+        assert call["decompose_attention"] is True
+        assert any("different shapes" in r.getMessage() for r in caplog.records)
+    else:
+        assert not call.get("decompose_attention")

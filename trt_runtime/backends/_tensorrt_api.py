@@ -132,6 +132,10 @@ class TensorRTApi:
     """Whether a constant attention bias (a text encoder's causal mask, T5's position bias) converts: in
     2.11-2.13 the fused-attention converters pass it to ``add_cast`` as a torch tensor and the build fails
     with a TypeError, so for modules with such a bias trt_runtime asks for ``decompose_attention=True``."""
+    attention_same_shapes: bool = False
+    """Whether the attention converters take only a query, key and value of one shape (2.11): cross-attention
+    then stays in PyTorch, so trt_runtime asks for ``decompose_attention=True`` up front for programs with such
+    an attention (``_tensorrt_passes.uneven_attention``) instead of building twice."""
     runtime_cache: str = NO_RUNTIME_CACHE
     """How this release keeps TensorRT-RTX's just-in-time kernels across processes (module docstring)."""
 
@@ -149,11 +153,13 @@ _REMOVED_IN_2_13 = {
 # TensorRT-RTX builds strongly typed networks in every release (TRTInterpreter forces explicit typing and
 # only warns), so a lower precision is always asked for with autocast there.
 _TABLE: dict[tuple[str, tuple[int, int]], TensorRTApi] = {
-    (TENSORRT, (2, 11)): TensorRTApi((2, 11), "10.15", WEAK_TYPING, attention_bias_fixed=False),
+    (TENSORRT, (2, 11)): TensorRTApi((2, 11), "10.15", WEAK_TYPING, attention_bias_fixed=False,
+                                     attention_same_shapes=True),
     (TENSORRT, (2, 12)): TensorRTApi((2, 12), "10.16", WEAK_TYPING, attention_bias_fixed=False),
     (TENSORRT, (2, 13)): TensorRTApi((2, 13), "11.0", AUTOCAST, _REMOVED_IN_2_13, attention_bias_fixed=False),
     (TENSORRT, (2, 14)): TensorRTApi((2, 14), "11.1", AUTOCAST, _REMOVED_IN_2_13),
-    (TENSORRT_RTX, (2, 11)): TensorRTApi((2, 11), "1.3", AUTOCAST, flavour=TENSORRT_RTX, attention_bias_fixed=False),
+    (TENSORRT_RTX, (2, 11)): TensorRTApi((2, 11), "1.3", AUTOCAST, flavour=TENSORRT_RTX, attention_bias_fixed=False,
+                                         attention_same_shapes=True),
     (TENSORRT_RTX, (2, 12)): TensorRTApi((2, 12), "1.4", AUTOCAST, flavour=TENSORRT_RTX, attention_bias_fixed=False,
                                          runtime_cache=PYTHON_RUNTIME_ONLY),
     (TENSORRT_RTX, (2, 13)): TensorRTApi((2, 13), "1.5", AUTOCAST, _REMOVED_IN_2_13, flavour=TENSORRT_RTX,

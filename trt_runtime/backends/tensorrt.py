@@ -33,6 +33,7 @@ from . import _tensorrt_api as api_table
 from . import _tensorrt_rtcache as rtcache
 from ._tensorrt_build import attention_retry_reason, build_target, engine_error_hint
 from ._tensorrt_export import InputPlan
+from ._tensorrt_passes import uneven_attention
 from .base import Backend, CompileRequest
 
 __all__ = ["TensorRTBackend", "cuda_unavailable_reason"]
@@ -140,6 +141,12 @@ class TensorRTBackend(Backend):
             with build_target(flavour, request.settings.tensorrt_target):
                 can_decompose = not kwargs.get("decompose_attention") and "decompose_attention" in _compile_keywords(
                     torch_tensorrt)
+                uneven = uneven_attention(program) if can_decompose and api.attention_same_shapes else []
+                if uneven:
+                    logger.info("[%s] %d attention op(s) take a query, key and value of different shapes (%s), which "
+                                "%s converts only decomposed; building with decompose_attention=True",
+                                request.component, len(uneven), ", ".join(uneven[:3]), api.name)
+                    kwargs["decompose_attention"], can_decompose = True, False
                 try:
                     graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
                 except (TypeError, RuntimeError) as err:
