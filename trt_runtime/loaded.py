@@ -11,6 +11,8 @@ sealed with (an entry rebuilt under the same key by another process has other fi
 anew), and the device the module lives on (the key names the GPU model, not which of two equal GPUs).
 The entry must still be on disk and pass the cache's checks for this runtime before a shared artifact is
 used: sharing never serves something this runtime's cache would refuse, and a cleared entry is built again.
+Only loads whose files were checked against those checksums are registered (``Resolver``), and only loads:
+a program just built may run parts of itself in PyTorch with the building module's own parameters.
 
 Only weak references are held: an artifact no wrapper uses any more is freed as before.
 """

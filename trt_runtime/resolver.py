@@ -298,6 +298,8 @@ class _Job:
             # the reader lock keeps eviction away, and a program with undeclared pickles is refused
             with contextlib.nullcontext() if shared else self.cache.loading(entry) as folder:
                 if shared:
+                    if beside and not self.backend.builds_beside_calls:
+                        return None  # a refit would trace beside the running modules: the caller's thread reuses it
                     fn = loaded = shared
                 else:
                     if beside and not self.backend.loads_beside_calls(folder):
@@ -337,15 +339,16 @@ class _Job:
             return None
         seconds = time.perf_counter() - started
         self.cache.touch(entry)
-        LOADED.put(ident, loaded)
+        if not shared and (self.cache.verify_checksum or entry.trust == "signature"):
+            LOADED.put(ident, loaded)  # only what was checked against the recorded checksums is shared under them
         where = ", beside the calls" if beside else ""
         how = "reused the" if shared else "loaded"
         message = None if quiet else f"{how} {self.backend.name} artifact from {entry.path} in {seconds:.2f} s{where}"
         if shared and not quiet:
             message += " (already loaded in this process)"
         logger.debug("[%s] loaded", comp.name, extra=event("load_end", comp.name, seconds=seconds, ok=True))
-        return self.ready(fn, output, message, loads=1, load_seconds=seconds, calls=int(self.run_call),
-                          refits=refits)
+        counted = {"reuses": 1} if shared else {"loads": 1, "load_seconds": seconds}
+        return self.ready(fn, output, message, calls=int(self.run_call), refits=refits, **counted)
 
     # ------------------------------------------------------------------------------------------ build
     def build(self) -> Resolution:
@@ -385,7 +388,6 @@ class _Job:
                     entry = self.cache.write(self.key, meta, lambda folder: self._save(fn, folder),
                                              optional=self.backend.optional_files)
                 where = f"saved to {entry.path}"
-                LOADED.put(self._shared_identity(entry.meta), fn)  # a later wrapper of this process reuses it
             except CacheError as err:
                 if isinstance(err.__cause__, _SaveFailed):  # the backend's serializer, not the disk
                     comp.warn_once(f"save:{self.key}", "[%s] the %s artifact could not be saved (%s); it serves "
@@ -399,7 +401,9 @@ class _Job:
 
     def _shared_identity(self, meta: dict[str, Any]) -> Identity | None:
         """What identifies this entry's loaded artifact in ``trt_runtime.loaded`` (None: not shared)."""
-        if not self.backend.shares_loaded:
+        # only artifacts loaded from disk are shared: a program just built may run parts of itself in PyTorch
+        # with the building module's own parameters, which another wrapper's weights do not follow
+        if not (self.backend.shares_loaded and self.request.settings.share_loaded):
             return None
         return identity(self.backend.name, self.key, meta.get("files"), self.request.device)
 

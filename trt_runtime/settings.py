@@ -118,6 +118,11 @@ class RuntimeSettings:
     mode), silently off elsewhere; ``True``: the same, warning where it cannot; ``False``: never."""
     max_graphs_per_component: int = 8
     """CUDA graphs kept per component (each holds its activations' memory); least recently used dropped."""
+    share_loaded: bool = True
+    """Reuse an engine that another wrapper of this process loaded from the same cache entry instead of loading
+    it again (TensorRT-RTX compiles an engine's kernels at every load). The wrappers then share one execution
+    context, which runs on the caller's CUDA stream: turn this off when two wrappers of the same model are called
+    at once from threads on different CUDA streams."""
 
     # --- tensorrt (torch_tensorrt.dynamo) ---------------------------------------------------------------
     optimization_level: int | None = None

@@ -27,6 +27,8 @@ class KeyStats:
     calls: int = 0
     compiles: int = 0
     loads: int = 0
+    reuses: int = 0
+    """Artifacts another wrapper of this process had loaded from the same entry (``trt_runtime.loaded``)."""
     refits: int = 0
     compile_seconds: float = 0.0
     load_seconds: float = 0.0
@@ -82,6 +84,7 @@ class RuntimeStats:
             "calls": sum(r.calls for r in rows),
             "compiles": sum(r.compiles for r in rows),
             "loads": sum(r.loads for r in rows),
+            "reuses": sum(r.reuses for r in rows),
             "fallbacks": sum(r.fallbacks for r in rows),
             "failed": sum(r.state == "failed" for r in rows),
             "compiling": sum(r.state == "compiling" for r in rows),
@@ -115,6 +118,7 @@ class RuntimeStats:
         out.append(
             f"total: {t['calls']} calls, {t['compiles']} compiled ({t['compile_seconds']:.2f} s), "
             f"{t['loads']} loaded from disk ({t['load_seconds']:.2f} s), {t['fallbacks']} eager fallbacks"
+            + (f", {t['reuses']} reused from another wrapper of this process" if t["reuses"] else "")
         )
         timed = [(r, phases_line(r.phases)) for r in rows if r.phases]
         if timed:

@@ -4,8 +4,9 @@ what CUDA graphs give an engine.
 A process wraps the case's full-size module with runtime A (``cuda_graphs=False``): its first call builds
 the engine, or loads it when the cache has it. Then runtime B (default ``cuda_graphs="auto"``) wraps a copy
 sharing the weights. Before ``trt_runtime.loaded``, B loaded the entry again and TensorRT-RTX compiled the
-engine's kernels again (26.6 s for an SD1.5 UNet on an H100); now B reuses A's engine. Then both are timed
-in blocks of calls (A without graphs, B with them), beside eager.
+engine's kernels again (26.6 s for an SD1.5 UNet on an H100); now B reuses A's engine where A loaded it
+(after a build, B loads the entry from disk: a program just built is not shared). Then both are timed in
+blocks of calls (A without graphs, B with them), beside eager.
 
 ``python -m benchmarks.diag.second_runtime [--case sd15_unet] [--cache DIR] [--calls 50] [--size tiny]`` prints one JSON
 line: first calls of A and B in seconds, B's counters, step medians in ms, and B's relative error to A.

@@ -12,7 +12,6 @@ import functools
 import gc
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -364,10 +363,10 @@ def test_engine_without_execution_context_is_built_again_decomposed_then_falls_b
 
 
 def test_second_wrapper_of_the_process_reuses_the_loaded_engine(standin, tmp_path, monkeypatch, caplog):
-    """TensorRT-RTX compiles an engine's kernels on every load (26.6 s for an SD1.5 UNet in a second wrapper on
-    the GPU): a second wrapper or runtime of the same process whose call resolves to the same entry reuses the
-    engine loaded (or built) before, instead of loading it again. A cleared or rebuilt entry is not served
-    from memory."""
+    """TensorRT-RTX compiles an engine's kernels on every load (34 s for an SD1.5 UNet on an H200): a second
+    wrapper or runtime of the same process whose call resolves to the same entry reuses the engine loaded
+    before, instead of loading it again. A program just built is not shared (its PyTorch parts may hold the
+    building module's parameters); a cleared entry is not served from memory; ``share_loaded=False`` opts out."""
     standin("2.14.0")
     loads = []
     real_load = torch.export.load
@@ -375,44 +374,61 @@ def test_second_wrapper_of_the_process_reuses_the_loaded_engine(standin, tmp_pat
     module = support.make_toy()
     expected = _eager(module, 2)
 
-    first = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
-    kept = trt_runtime.TensorRTModule(module, runtime=first)
-    torch.testing.assert_close(_run(kept, 2), expected)
-    assert first.stats.totals()["compiles"] == 1
-    (row,) = first.stats.rows()  # the build's parts are timed apart from its first call
+    builder = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    built = trt_runtime.TensorRTModule(module, runtime=builder)
+    torch.testing.assert_close(_run(built, 2), expected)
+    assert builder.stats.totals()["compiles"] == 1
+    (row,) = builder.stats.rows()  # the build's parts are timed apart from its first call
     assert {"compile: export", "compile: engine build"} <= row.phases.keys()
     assert row.phases["compile: export"] + row.phases["compile: engine build"] <= row.phases["compile"]
 
+    first = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    kept = trt_runtime.TensorRTModule(module, runtime=first)
+    torch.testing.assert_close(_run(kept, 2), expected)
+    assert first.stats.totals()["loads"] == 1 and len(loads) == 1  # the built program was not shared
+
     with caplog.at_level("INFO", logger="trt_runtime"):
         second = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True, cuda_graphs=False)
-        torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=second), 2), expected)
-    assert second.stats.totals()["loads"] == 1 and second.stats.totals()["compiles"] == 0
-    assert loads == []  # nothing read from disk: the engine built by the first runtime serves
+        other = trt_runtime.TensorRTModule(module, runtime=second)
+        torch.testing.assert_close(_run(other, 2), expected)
+    assert second.stats.totals()["reuses"] == 1 and second.stats.totals()["loads"] == 0
+    assert second.stats.totals()["compiles"] == 0 and len(loads) == 1  # nothing read from disk again
     assert any("already loaded in this process" in r.getMessage() for r in caplog.records)
+    assert "1 reused from another wrapper of this process" in second.summary()
 
-    # an engine loaded from disk is shared the same way
-    del kept, first
-    gc.collect()
-    third = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path / "copy", strict=True)
-    shutil.copytree(tmp_path, tmp_path / "copy", ignore=shutil.ignore_patterns("copy"))
-    fourth = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path / "copy", strict=True)
-    wrappers = [trt_runtime.TensorRTModule(module, runtime=rt) for rt in (third, fourth)]
-    for wrapper in wrappers:
-        torch.testing.assert_close(_run(wrapper, 2), expected)
-    assert third.stats.totals()["loads"] == fourth.stats.totals()["loads"] == 1
-    assert len(loads) == 1  # one load from disk for both
+    opted_out = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True, share_loaded=False)
+    torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=opted_out), 2), expected)
+    assert opted_out.stats.totals()["loads"] == 1 and len(loads) == 2
+
     # held weakly: once no wrapper holds it, the next one loads from disk again
-    del wrappers, wrapper, third, fourth
+    del kept, other, first, second
     gc.collect()
-    again = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path / "copy", strict=True)
+    again = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
     torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=again), 2), expected)
-    assert len(loads) == 2
+    assert again.stats.totals()["loads"] == 1 and len(loads) == 3
 
     # a cleared entry is built again, never served from memory
-    fifth = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
-    fifth.cache.clear()
-    torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=fifth), 2), expected)
-    assert fifth.stats.totals()["compiles"] == 1
+    cleared = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, strict=True)
+    cleared.cache.clear()
+    torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=cleared), 2), expected)
+    assert cleared.stats.totals()["compiles"] == 1
+
+
+def test_only_loads_checked_against_their_checksums_are_shared(standin, tmp_path):
+    """A runtime that reads entries without checking their files' sha256 (``verify_checksum=False``) may load a
+    damaged file of the right size: it must not be shared under the checksums the meta records."""
+    standin("2.14.0")
+    module = support.make_toy()
+    expected = _eager(module, 2)
+    _run(trt_runtime.TensorRTModule(module, runtime=trt_runtime.TensorRTRuntime(
+        backend="tensorrt", cache_dir=tmp_path)), 2)
+    unchecked = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, verify_checksum=False)
+    held = trt_runtime.TensorRTModule(module, runtime=unchecked)
+    torch.testing.assert_close(_run(held, 2), expected)
+    assert unchecked.stats.totals()["loads"] == 1
+    checked = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path)
+    torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=checked), 2), expected)
+    assert checked.stats.totals()["loads"] == 1 and checked.stats.totals()["reuses"] == 0
 
 
 class _CrossAttention(torch.nn.Module):
@@ -445,3 +461,53 @@ def test_cross_attention_is_decomposed_up_front_where_the_release_needs_it(versi
         assert any("different shapes" in r.getMessage() for r in caplog.records)
     else:
         assert not call.get("decompose_attention")
+
+
+def test_an_explicit_decompose_attention_false_is_kept(standin, tmp_path):
+    """The up-front decomposition of 2.11 is a default: a user who set decompose_attention=False gets it."""
+    trt = standin("2.11.0")
+    module = _CrossAttention().eval()
+    rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path,
+                                     tensorrt_options={"decompose_attention": False})
+    with torch.no_grad():
+        trt_runtime.TensorRTModule(module, runtime=rt)(torch.randn(2, 16, 8), torch.randn(2, 7, 8))
+    assert _calls(trt, "compile")[0]["decompose_attention"] is False
+
+
+def test_a_shared_engine_is_not_refitted_beside_running_calls(standin, tmp_path, monkeypatch):
+    """A background worker must not trace beside the caller's modules (``Backend.builds_beside_calls``): an
+    engine shared in the process whose weights differ from the module's would need a refit (an export), so the
+    worker leaves it to the caller's thread."""
+    import copy
+    import threading
+
+    from trt_runtime import keys
+
+    standin("2.14.0")
+    module = support.make_toy()
+    settings = dict(backend="tensorrt", cache_dir=tmp_path, cuda_graphs=False, refittable=True)
+    _run(trt_runtime.TensorRTModule(module, runtime=trt_runtime.TensorRTRuntime(**settings)), 2)  # builds
+    holder = trt_runtime.TensorRTModule(module, runtime=trt_runtime.TensorRTRuntime(**settings))
+    _run(holder, 2)  # loads: now shared in the process
+    other = copy.deepcopy(module)
+    with torch.no_grad():
+        other.proj.weight.mul_(2)  # same key (refittable engines leave the weights out), other weights
+    rt = trt_runtime.TensorRTRuntime(**settings)
+    wrapper = trt_runtime.TensorRTModule(other, runtime=rt)
+    comp = wrapper.component
+    args, kwargs = support.toy_inputs(2)
+    sig = (comp.check_module(), keys.signature(args, kwargs, comp.names, comp.spec))
+    exports, result = [], {}
+    real_export = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: exports.append(1) or real_export(*a, **k))
+
+    def worker():
+        with torch.no_grad():
+            result["resolution"] = rt.resolver.load_beside_calls(comp, sig, args, kwargs)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert result["resolution"] is None and exports == []
+    torch.testing.assert_close(_run(wrapper, 2), _eager(other, 2))  # the caller's thread refits it
+    assert rt.stats.totals()["reuses"] == 1

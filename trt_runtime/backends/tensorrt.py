@@ -141,7 +141,8 @@ class TensorRTBackend(Backend):
             with build_target(flavour, request.settings.tensorrt_target):
                 can_decompose = not kwargs.get("decompose_attention") and "decompose_attention" in _compile_keywords(
                     torch_tensorrt)
-                uneven = uneven_attention(program) if can_decompose and api.attention_same_shapes else []
+                chosen = "decompose_attention" in (request.settings.tensorrt_options or {})  # the user's word stands
+                uneven = uneven_attention(program) if can_decompose and api.attention_same_shapes and not chosen else []
                 if uneven:
                     logger.info("[%s] %d attention op(s) take a query, key and value of different shapes (%s), which "
                                 "%s converts only decomposed; building with decompose_attention=True",
