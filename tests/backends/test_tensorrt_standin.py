@@ -511,3 +511,40 @@ def test_a_shared_engine_is_not_refitted_beside_running_calls(standin, tmp_path,
     assert result["resolution"] is None and exports == []
     torch.testing.assert_close(_run(wrapper, 2), _eager(other, 2))  # the caller's thread refits it
     assert rt.stats.totals()["reuses"] == 1
+
+
+def test_two_threads_loading_engines_take_turns(standin, tmp_path, monkeypatch):
+    """torch.export.load keeps its deserializer in a module global and raises when two threads load at once;
+    the failed load was then built again. Loads take turns, and neither thread builds."""
+    import threading
+    import time
+
+    standin("2.14.0")
+    module = support.make_toy()
+    _run(trt_runtime.TensorRTModule(module, runtime=trt_runtime.TensorRTRuntime(backend="tensorrt",
+                                                                               cache_dir=tmp_path)), 2)
+    real_load, active = torch.export.load, []
+
+    def load_like_torch(*args, **kwargs):  # the global's check, with a window wide enough to hit
+        if active:
+            raise AssertionError("_CURRENT_DESERIALIZER is already set")
+        active.append(1)
+        try:
+            time.sleep(0.3)
+            return real_load(*args, **kwargs)
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(torch.export, "load", load_like_torch)
+    runtimes = [trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=tmp_path, share_loaded=False)
+                for _ in range(2)]
+    wrappers = [trt_runtime.TensorRTModule(module, runtime=rt) for rt in runtimes]
+    outputs = {}
+    threads = [threading.Thread(target=lambda i=i: outputs.__setitem__(i, _run(wrappers[i], 2))) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, rt in enumerate(runtimes):
+        torch.testing.assert_close(outputs[i], _eager(module, 2))
+        assert rt.stats.totals()["loads"] == 1 and rt.stats.totals()["compiles"] == 0

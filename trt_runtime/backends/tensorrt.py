@@ -44,6 +44,10 @@ ARTIFACT = "trt_program.pt2"
 _ENGINE_NAME = {api_table.TENSORRT: "TensorRT", api_table.TENSORRT_RTX: "TensorRT-RTX"}
 INPUTS_FILE = "trt_inputs.json"
 
+_EXPORT_LOAD_LOCK = threading.Lock()
+"""torch's ``torch.export.load`` sets a module-global ``_CURRENT_DESERIALIZER`` and raises
+``AssertionError("_CURRENT_DESERIALIZER is already set")`` when two threads load at once: the second
+load then failed and its entry was built again. Loads of this process take turns."""
 _PLUGINS_LOCK = threading.Lock()
 _PLUGINS_READY = False
 
@@ -219,7 +223,8 @@ class TensorRTBackend(Backend):
         paths = [path for path, _ in iter_tensors(request.args, request.kwargs, request.names)]
         if saved.get("paths") != paths:
             raise ValueError(f"artifact inputs {saved.get('paths')} do not match this call's {paths}")
-        graph_module = torch.export.load(str(directory / ARTIFACT)).module()
+        with _EXPORT_LOAD_LOCK:  # torch.export.load keeps its deserializer in a module global: one at a time
+            graph_module = torch.export.load(str(directory / ARTIFACT)).module()
         api = api_table.api_for(version, _flavour())
         data = None
         if api.runtime_cache == api_table.RUNTIME_SETTINGS:  # read now: the folder may go when load returns
