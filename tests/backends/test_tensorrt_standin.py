@@ -548,3 +548,45 @@ def test_two_threads_loading_engines_take_turns(standin, tmp_path, monkeypatch):
     for i, rt in enumerate(runtimes):
         torch.testing.assert_close(outputs[i], _eager(module, 2))
         assert rt.stats.totals()["loads"] == 1 and rt.stats.totals()["compiles"] == 0
+
+
+def test_an_engine_without_context_on_a_full_gpu_is_a_transient_failure(standin, tmp_path, monkeypatch):
+    """TensorRT says only "exec_ctx ... nullptr" when an execution context cannot be created, also when the GPU
+    is out of memory: with the GPU nearly full the failure is transient (retried later, never written to disk);
+    with memory to spare it is remembered like any failed build."""
+    import types
+
+    from trt_runtime.backends import _tensorrt_build as build
+    from trt_runtime.backends import tensorrt as backend
+
+    trt = standin("2.11.0")
+    real_compile = trt.dynamo.compile
+    error = "[Error thrown at core/runtime/TRTEngine.cpp:143] Expected (exec_ctx.get() != nullptr) to be true"
+
+    builds = []
+
+    @functools.wraps(real_compile)
+    def compile_without_context(program, **kwargs):
+        builds.append(kwargs.get("decompose_attention"))
+        raise RuntimeError(error)
+
+    trt.dynamo.compile = compile_without_context
+    gib = 1 << 30
+    try:
+        for free, remembered in ((0.5 * gib, False), (40 * gib, True)):
+            monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+            monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free: (int(f), 80 * gib))
+            monkeypatch.setattr(backend, "short_of_memory",
+                                lambda err, device: build.short_of_memory(err, types.SimpleNamespace(type="cuda")))
+            folder = tmp_path / str(remembered)
+            rt = trt_runtime.TensorRTRuntime(backend="tensorrt", cache_dir=folder)
+            module = support.make_toy()
+            torch.testing.assert_close(_run(trt_runtime.TensorRTModule(module, runtime=rt), 2), _eager(module, 2))
+            failed = [e for e in rt.cache.entries() if e.status == "failed"]
+            assert bool(failed) is remembered, (free, failed)
+            assert len(builds) == (2 if remembered else 1)  # a full GPU gets no decomposed second build
+            builds.clear()
+    finally:
+        trt.dynamo.compile = real_compile
+    assert build.short_of_memory(RuntimeError("another error"), types.SimpleNamespace(type="cuda")) is None
+    assert build.short_of_memory(RuntimeError(error), torch.device("cpu")) is None

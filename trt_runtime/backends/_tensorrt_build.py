@@ -9,6 +9,7 @@
   other libraries meanwhile pass through untouched. The contract tests pin the method per release.
 - ``engine_error_hint``: what to tell a user whose engine cannot run on this GPU.
 - ``attention_retry_reason``: whether a failed build is worth one more try with the attention decomposed.
+- ``short_of_memory``: whether an engine without an execution context failed for want of GPU memory (transient).
 
 Nothing here imports torch_tensorrt at import time.
 """
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["attention_retry_reason", "build_target", "engine_error_hint", "HOOKED_METHOD"]
+__all__ = ["attention_retry_reason", "build_target", "engine_error_hint", "short_of_memory", "HOOKED_METHOD"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,25 @@ _NO_CONTEXT = ("exec_ctx.get() != nullptr", "createexecutioncontext")
 
 def _context_failed(text: str) -> bool:
     return any(marker in text for marker in _NO_CONTEXT)
+
+
+def short_of_memory(error: BaseException, device: Any) -> Exception | None:
+    """For an engine whose execution context could not be created while the GPU is nearly full: an
+    out-of-memory error to chain it to, so the runtime retries it later instead of remembering it on disk
+    (TensorRT reports only "exec_ctx ... nullptr"; its own reason goes to its log). None otherwise."""
+    import torch
+
+    if not _context_failed(str(error).lower()) or getattr(device, "type", None) != "cuda":
+        return None
+    try:
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)
+    except Exception:  # noqa: BLE001 - no reading, no verdict
+        return None
+    if free >= max(1 << 30, total // 20):
+        return None
+    return torch.cuda.OutOfMemoryError(f"TensorRT could not create the engine's execution context with "
+                                       f"{free / 2**30:.1f} GiB of {total / 2**30:.1f} GiB GPU memory free")
 
 
 def attention_retry_reason(error: BaseException) -> str | None:

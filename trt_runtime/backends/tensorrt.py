@@ -31,7 +31,7 @@ from ..errors import BackendUnavailableError, EngineBuildError
 from ..logging_utils import event
 from . import _tensorrt_api as api_table
 from . import _tensorrt_rtcache as rtcache
-from ._tensorrt_build import attention_retry_reason, build_target, engine_error_hint
+from ._tensorrt_build import attention_retry_reason, build_target, engine_error_hint, short_of_memory
 from ._tensorrt_export import InputPlan
 from ._tensorrt_passes import uneven_attention
 from .base import Backend, CompileRequest
@@ -156,8 +156,8 @@ class TensorRTBackend(Backend):
                     graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
                 except (TypeError, RuntimeError) as err:
                     why = attention_retry_reason(err)
-                    if not (can_decompose and why):
-                        raise
+                    if not (can_decompose and why) or short_of_memory(err, request.device):
+                        raise  # a full GPU is not cured by another build
                     logger.info("[%s] %s; building again with decompose_attention=True", request.component, why)
                     kwargs["decompose_attention"], can_decompose = True, False
                     graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
@@ -171,13 +171,18 @@ class TensorRTBackend(Backend):
                     kwargs["decompose_attention"] = True
                     graph_module = torch_tensorrt.dynamo.compile(program, arg_inputs=arg_inputs, **kwargs)
         except Exception as err:
-            raise EngineBuildError(
+            failure = EngineBuildError(
                 f"{api.name} could not build an engine: {type(err).__name__}: {err}",
                 component=request.component, shapes=plan.shapes,
                 hint=engine_error_hint(err, flavour, request.settings.tensorrt_target)
                 or "the call runs eagerly; min_block_size or tensorrt_options {'torch_executed_ops': ...} can keep "
                 "unsupported ops in PyTorch",
-            ) from err
+            )
+            oom = short_of_memory(err, request.device)
+            if oom is not None:  # transient: retried after a backoff, never written to disk as a verdict
+                oom.__cause__ = err
+                raise failure from oom
+            raise failure from err
         finally:
             _restore_device(request, device_before)
         # the first call, run before the entry is saved, fills the runtime cache with its JIT kernels
