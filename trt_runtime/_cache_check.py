@@ -62,6 +62,9 @@ class CacheEntry:
     in_place: bool = dataclasses.field(default=False, compare=False)
     ident: tuple[int, int] | None = dataclasses.field(default=None, compare=False, repr=False)
     mtime: float | None = dataclasses.field(default=None, compare=False, repr=False)
+    checked: bool = dataclasses.field(default=False, compare=False, repr=False)
+    """Whether its files are checked against their recorded sha256 before a backend reads them: hashed by
+    ``read`` (``verify_checksum``, or signed in place), or copied through ``private_copy``, which hashes."""
 
     @property
     def status(self) -> str:
@@ -197,15 +200,15 @@ def _inspect_open(entry_fd, path, key, trust_key, root_reason, verify_checksum, 
     else:
         how, in_place = "signature", read_only_fs
 
+    must_hash = verify_checksum or (how == "signature" and in_place)
     if meta["status"] == READY:
-        must_hash = verify_checksum or (how == "signature" and in_place)
         for name, info in meta["files"].items():
             problem = _check_file(entry_fd, name, info, must_hash)
             if problem and info.get("optional"):  # it only makes the load faster; the backend re-checks it
                 logger.debug("cache entry %s: optional file %s is not used: %s", path, name, problem.reason)
             elif problem:
                 return None, problem
-    entry = CacheEntry(key, path, meta, trust=how, in_place=in_place,
+    entry = CacheEntry(key, path, meta, trust=how, in_place=in_place, checked=must_hash or not in_place,
                        ident=(entry_st.st_dev, entry_st.st_ino), mtime=meta_st.st_mtime)
     return entry, None
 

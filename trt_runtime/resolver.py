@@ -339,7 +339,7 @@ class _Job:
             return None
         seconds = time.perf_counter() - started
         self.cache.touch(entry)
-        if not shared and (self.cache.verify_checksum or entry.trust == "signature"):
+        if not shared and entry.checked:
             LOADED.put(ident, loaded)  # only what was checked against the recorded checksums is shared under them
         where = ", beside the calls" if beside else ""
         how = "reused the" if shared else "loaded"

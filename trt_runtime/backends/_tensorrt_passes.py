@@ -21,11 +21,12 @@ UNet's first build of 126 s was two builds). Seen in the program, the decomposit
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["expand_copy_sources", "uneven_attention"]
+__all__ = ["FUSED_ATTENTION", "expand_copy_sources", "fx_graphs", "uneven_attention"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +121,19 @@ def _size(graph: torch.fx.Graph, tensor_node: torch.fx.Node, dim: int, size: Any
     return node
 
 
-_ATTENTION = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
-              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention")
+FUSED_ATTENTION = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                   "_scaled_dot_product_cudnn_attention")
+"""The fused CUDA attention ops (``torch.export`` cannot serialise them outside an engine)."""
+_ATTENTION = ("scaled_dot_product_attention", *FUSED_ATTENTION)
+
+
+def fx_graphs(root: torch.nn.Module) -> Iterator[torch.fx.Graph]:
+    """Every fx graph under ``root``: a program's graph module and its ``torch.cond`` branches, or a compiled
+    program's PyTorch submodules (engine modules and plain modules have none)."""
+    for module in root.modules():
+        graph = getattr(module, "graph", None)
+        if isinstance(graph, torch.fx.Graph):
+            yield graph
 
 
 def uneven_attention(program: Any) -> list[str]:
@@ -130,10 +142,7 @@ def uneven_attention(program: Any) -> list[str]:
     from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_eq
 
     found = []
-    for module in program.graph_module.modules():
-        graph = getattr(module, "graph", None)
-        if not isinstance(graph, torch.fx.Graph):
-            continue
+    for graph in fx_graphs(program.graph_module):
         for node in graph.nodes:
             name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
             if node.op != "call_function" or name not in _ATTENTION or len(node.args) < 3:

@@ -33,7 +33,7 @@ from . import _tensorrt_api as api_table
 from . import _tensorrt_rtcache as rtcache
 from ._tensorrt_build import attention_retry_reason, build_target, engine_error_hint, short_of_memory
 from ._tensorrt_export import InputPlan
-from ._tensorrt_passes import uneven_attention
+from ._tensorrt_passes import FUSED_ATTENTION, fx_graphs, uneven_attention
 from .base import Backend, CompileRequest
 
 __all__ = ["TensorRTBackend", "cuda_unavailable_reason"]
@@ -383,21 +383,11 @@ def _tensorrt_version() -> str:
     return str(getattr(trt, "__version__", "unknown"))
 
 
-_FUSED_ATTENTION = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-                    "_scaled_dot_product_cudnn_attention")
-
-
 def attention_outside_engine(graph_module: torch.nn.Module) -> list[str]:
     """Names of the fused CUDA attention nodes that a compiled program runs in PyTorch (outside every
     engine). ``torch.export`` cannot serialise them, so such a program can never be cached."""
-    found = []
-    for module in graph_module.modules():
-        graph = getattr(module, "graph", None)
-        if not isinstance(graph, torch.fx.Graph):
-            continue  # an engine module, or a plain module
-        found += [node.name for node in graph.nodes
-                  if node.op == "call_function" and any(name in str(node.target) for name in _FUSED_ATTENTION)]
-    return found
+    return [node.name for graph in fx_graphs(graph_module) for node in graph.nodes
+            if node.op == "call_function" and any(name in str(node.target) for name in FUSED_ATTENTION)]
 
 
 def _compile_keywords(torch_tensorrt) -> frozenset[str]:
