@@ -374,3 +374,23 @@ def test_attention_shape_rule_matches_the_release(wheel):
         assert all("query_shape != key_shape" in body for body in bodies)
     else:
         assert "seq_len_dim" in bodies[0] and not any("query_shape != key_shape" in body for body in bodies)
+
+
+def test_save_and_refit_copy_the_program(wheel):
+    """Why ``_tensorrt_copies.engines_shared_in_copies`` wraps save and refit: the exporter (``transform``)
+    and ``refit_module_weights(in_place=False)`` deep-copy the program. 2.12+'s ``TorchTensorRTModule`` shares
+    its engine in a copy; 2.11's has no ``__deepcopy__``, so its engine was pickled and built again (on
+    TensorRT-RTX with its kernels compiled once more), and no release shares a loaded program's engines."""
+    transform = ast.unparse(_function(wheel.read("dynamo/_exporter.py"), "transform"))
+    assert "copy.deepcopy(gm)" in transform
+    refit = ast.unparse(_function(wheel.read("dynamo/_refit.py"), "refit_module_weights"))
+    assert "copy.deepcopy(compiled_module)" in refit
+    module = wheel.read("dynamo/runtime/_TorchTensorRTModule.py")
+    try:
+        copies = ast.unparse(_method(module, "TorchTensorRTModule", "__deepcopy__"))
+    except AssertionError:
+        copies = None
+    if api_table.parse_version(wheel.version) >= (2, 12):
+        assert copies is not None and "reuse the same C++ Engine" in module
+    else:
+        assert copies is None

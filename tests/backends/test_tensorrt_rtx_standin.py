@@ -120,6 +120,8 @@ def test_refittable_engine_refits_a_to_b_to_a_and_is_never_served_stale(version,
     torch.testing.assert_close(_run(wrapped), out_a, rtol=0, atol=0)
     assert len(_calls(trt, "compile")) == 1 and len(_calls(trt, "refit")) == 2
     assert rt.stats.totals()["compiles"] == 1 and len(rt.cache.entries()) == 1
+    # refit and save each work on a deep copy of the program: the copies share its engine, never rebuild it
+    assert not _calls(trt, "engine_copy")
 
     # a new runtime with weights B finds the entry (keyed without weights), loads it and refits
     with torch.no_grad():

@@ -70,6 +70,7 @@ def test_compile_save_and_load_in_a_new_process(version, standin, tmp_path, chil
     (save,) = _calls(trt, "save")
     assert save["output_format"] == "exported_program" and save["retrace"] is False
     assert list(tmp_path.glob("*/trt_program.pt2")), "artifact not written"
+    assert not _calls(trt, "engine_copy"), "saving copied the engine (deserialized and JIT-compiled again)"
 
     child = _child(tmp_path, "static", version, child_env)
     assert child["totals"]["compiles"] == 0 and child["totals"]["loads"] == 1, child

@@ -32,6 +32,7 @@ from ..logging_utils import event
 from . import _tensorrt_api as api_table
 from . import _tensorrt_rtcache as rtcache
 from ._tensorrt_build import attention_retry_reason, build_target, engine_error_hint, short_of_memory
+from ._tensorrt_copies import engines_shared_in_copies
 from ._tensorrt_export import InputPlan
 from ._tensorrt_passes import FUSED_ATTENTION, fx_graphs, uneven_attention
 from .base import Backend, CompileRequest
@@ -199,7 +200,8 @@ class TensorRTBackend(Backend):
         torch_tensorrt, _ = _import_torch_tensorrt()
         plan = InputPlan(request)
         program = plan.export(request)
-        graph_module = torch_tensorrt.dynamo.refit_module_weights(compiled.graph_module, program, in_place=False)
+        with engines_shared_in_copies(compiled.graph_module):  # the copy refit makes need not rebuild engines
+            graph_module = torch_tensorrt.dynamo.refit_module_weights(compiled.graph_module, program, in_place=False)
         if compiled.runtime_cache is not None:
             rtcache.attach(torch_tensorrt, graph_module, compiled.runtime_cache)
         return _EngineCall(graph_module, compiled.paths, request.names, compiled.runtime_cache, compiled.out_dtypes)
@@ -208,7 +210,8 @@ class TensorRTBackend(Backend):
         if not isinstance(compiled, _EngineCall):
             raise TypeError(f"expected a callable made by the tensorrt backend, got {type(compiled).__name__}")
         torch_tensorrt, version = _import_torch_tensorrt()
-        torch_tensorrt.save(compiled.graph_module, str(directory / ARTIFACT), **api_table.SAVE_KWARGS)
+        with engines_shared_in_copies(compiled.graph_module):  # save copies the program: keep its engines
+            torch_tensorrt.save(compiled.graph_module, str(directory / ARTIFACT), **api_table.SAVE_KWARGS)
         meta: dict[str, Any] = {"paths": list(compiled.paths), "torch_tensorrt": version,
                                 "output_dtypes": compiled.out_dtypes}
         if compiled.runtime_cache is not None:

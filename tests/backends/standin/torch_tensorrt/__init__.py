@@ -19,6 +19,7 @@ Calls are recorded in ``CALLS`` so tests can assert what trt_runtime passed.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
@@ -98,4 +99,5 @@ def save(module, file_path="", *, extra_files=None, output_format="exported_prog
     program = getattr(module, "_standin_program", None)
     if program is None:
         raise ValueError("stand-in save() expects a module returned by stand-in dynamo.compile")
+    copy.deepcopy(module)  # the published exporter works on a deep copy (dynamo/_exporter.py transform)
     torch.export.save(program, file_path, pickle_protocol=pickle_protocol)

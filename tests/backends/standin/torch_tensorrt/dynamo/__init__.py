@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -58,6 +59,7 @@ def refit_module_weights(compiled_module, new_weight_module, arg_inputs=None, kw
         raise TypeError("new_weight_module must be an ExportedProgram")
     if in_place:
         raise AssertionError("in_place=True is not supported for a program loaded from disk")
+    copy.deepcopy(compiled_module)  # the published refit works on a deep copy (dynamo/_refit.py)
     from ..runtime._engines import add_engine
 
     module = add_engine(new_weight_module.module())

@@ -30,6 +30,12 @@ class Engine:
         cache = getattr(new_settings, "runtime_cache", None)
         _root.CALLS.append(("update_runtime_settings", {"engine": self.name, "cache": cache}))
 
+    def __deepcopy__(self, memo):
+        # the real C++ engine is pickled and built again from its bytes: deserialized, a new execution
+        # context, and TensorRT-RTX's just-in-time kernels compiled once more
+        _root.CALLS.append(("engine_copy", {"engine": self.name}))
+        return Engine(self.name)
+
     def run(self) -> None:
         if self.ran:
             return
