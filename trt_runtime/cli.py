@@ -158,6 +158,9 @@ def cmd_env(args) -> int:
             print(f"backend {name}: available {versions}")
             for note in backend.notes():
                 print(f"  {note}")
+            declined = backend.auto_declines(device)
+            if declined:
+                print(f"  not chosen by backend='auto' on this GPU: {declined}")
         except (BackendUnavailableError, ImportError) as err:
             print(f"backend {name}: unavailable: {getattr(err, 'message', err)}")
     return 0
@@ -183,7 +186,7 @@ def _backend_choices() -> tuple[str, ...]:
 
 def _add_backend(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=_backend_choices(),
-                        help="compiler (default: auto = tensorrt where it can run, else inductor)")
+                        help="compiler (default: auto = tensorrt where it can run and suits the GPU, else inductor)")
     parser.add_argument("--device", type=device_name, default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available)")
 

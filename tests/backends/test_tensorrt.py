@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -175,3 +176,37 @@ def test_flat_call_rebuilds_nested_arguments():
                                     plan.paths)
     out_x, extra, flag = flat(x, y)
     assert out_x is x and extra["b"][0] is y and flag is False
+
+
+@pytest.mark.parametrize(("flavour", "capability", "chosen"), [
+    ("tensorrt-rtx", (9, 0), "inductor"),   # H100 / H200: measured slower than inductor
+    ("tensorrt-rtx", (8, 0), "inductor"),   # A100
+    ("tensorrt-rtx", (8, 9), "tensorrt"),   # Ada RTX / L40S
+    ("tensorrt-rtx", (12, 0), "tensorrt"),  # Blackwell RTX
+    ("tensorrt", (9, 0), "tensorrt"),       # datacenter TensorRT on a datacenter GPU
+])
+def test_auto_uses_tensorrt_rtx_only_on_the_gpus_it_is_made_for(flavour, capability, chosen, standin, monkeypatch):
+    standin(flavour=flavour)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert select_backend("auto", torch.device("cuda", 0)).name == chosen
+    assert select_backend("tensorrt", torch.device("cuda", 0)).name == "tensorrt"  # asked for: always
+
+
+def test_auto_says_once_and_visibly_why_tensorrt_rtx_was_not_chosen(child_env):
+    """In a fresh interpreter with no logging setup, as a user's script runs."""
+    code = textwrap.dedent("""
+        import torch, trt_runtime
+        from trt_runtime.backends import tensorrt as backend_module
+        backend_module.cuda_unavailable_reason = lambda device: None  # the stand-in runs on the CPU
+        torch.cuda.get_device_capability = lambda device=None: (9, 0)
+        for _ in range(3):
+            rt = trt_runtime.TensorRTRuntime(backend="auto", persist=False)
+            print(rt.backend_for(torch.device("cuda", 0)).name)
+    """)
+    env = {**child_env, "TRT_RUNTIME_STANDIN_VERSION": "2.11.0", "TRT_RUNTIME_STANDIN_FLAVOUR": "tensorrt-rtx"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["inductor"] * 3
+    err = result.stderr
+    assert err.count("did not choose tensorrt") == 1, err
+    assert "compute capability 8.6/8.9/12.0" in err and "(9.0)" in err and "backend='tensorrt'" in err, err

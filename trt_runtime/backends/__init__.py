@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from collections.abc import Callable
 
 import torch
@@ -56,7 +57,8 @@ def get_backend(name: str) -> Backend:
 
 
 def select_backend(name: str, device: torch.device | None) -> Backend:
-    """Resolve ``auto`` (tensorrt when it can really run, else inductor) and check availability."""
+    """Resolve ``auto`` (tensorrt when it can really run and suits the GPU, else inductor) and check
+    availability."""
     if name != "auto":
         backend = get_backend(name)
         backend.check_available(device)
@@ -70,6 +72,11 @@ def select_backend(name: str, device: torch.device | None) -> Backend:
             reason = err.message if isinstance(err, BackendUnavailableError) else str(err)
             skipped.append(f"{candidate} unavailable: {reason}")
             continue
+        declined = backend.auto_declines(device)
+        if declined:
+            skipped.append(f"{candidate} not chosen: {declined}")
+            _say_declined_once(candidate, declined)
+            continue
         break
     else:
         backend = get_backend("eager")
@@ -77,3 +84,18 @@ def select_backend(name: str, device: torch.device | None) -> Backend:
     logger.info("backend 'auto' selected %s for device %s%s", backend.name, device or "cpu",
                 f" ({'; '.join(skipped)})" if skipped else "")
     return backend
+
+
+_DECLINED: set[tuple[str, str]] = set()
+_DECLINED_LOCK = threading.Lock()
+
+
+def _say_declined_once(candidate: str, reason: str) -> None:
+    """A user who installed a backend's extra expects it to be used: say once per process, visibly, why
+    ``auto`` did not, and how to use it anyway."""
+    with _DECLINED_LOCK:
+        if (candidate, reason) in _DECLINED:
+            return
+        _DECLINED.add((candidate, reason))
+    logger.warning("backend 'auto' did not choose %s: %s. Pass backend=%r to use it anyway, or backend='fastest' "
+                   "to time both on your modules and keep the faster", candidate, reason, candidate)

@@ -72,6 +72,8 @@ __all__ = [
     "TENSORRT",
     "TENSORRT_RTX",
     "TARGETS",
+    "RTX_CAPABILITIES",
+    "auto_declines",
     "supported_versions",
     "compile_kwargs",
     "ATTENTION_BIAS",
@@ -113,6 +115,25 @@ TARGETS = ("current", "portable")
 (the builder config's ``ComputeCapability.CURRENT``); ``portable`` keeps TensorRT-RTX's own list of compute
 capabilities (8.6 / 8.9 / 12.0 in RTX 1.4: an H100, 9.0, cannot run their Myelin kernels). Datacenter
 TensorRT always builds for the GPU in the machine; there the setting changes nothing but the key."""
+
+RTX_CAPABILITIES = frozenset({(8, 6), (8, 9), (12, 0)})
+"""The compute capabilities TensorRT-RTX builds for by default (its ``portable`` list in TensorRT-RTX 1.4): the
+RTX GPUs it is made for (Ampere and Ada RTX cards, L40-class, Blackwell RTX). ``backend="auto"`` does not pick
+TensorRT-RTX on other GPUs (A100 8.0, H100/H200 9.0, B200 10.0): on H100 and H200 its engines ran slower than
+inductor with trt_runtime's defaults for the SD1.5 UNet (10.7 against 7.7 ms), ControlNet, CLIP-L and the SD1.5
+and SDXL images, and slower than eager PyTorch for the SD3 and Flux transformers (92 against 53 ms, 50.6 against
+38.9 ms); only the VAE decoder was faster (benchmarks/results/2026-11-26b-h100, 2026-11-27d-h200)."""
+
+
+def auto_declines(flavour: str | None, capability: tuple[int, int] | None) -> str | None:
+    """Why ``backend="auto"`` leaves torch_tensorrt of ``flavour`` aside on a GPU of ``capability``; None to use it."""
+    if flavour != TENSORRT_RTX or capability is None or tuple(capability) in RTX_CAPABILITIES:
+        return None
+    major, minor = capability
+    made_for = "/".join(f"{a}.{b}" for a, b in sorted(RTX_CAPABILITIES))
+    return (f"TensorRT-RTX is made for RTX GPUs (compute capability {made_for}); on this GPU ({major}.{minor}) its "
+            "engines measured slower than inductor (H100/H200: SD1.5 UNet 10.7 against 7.7 ms, SD3 and Flux slower "
+            "than eager)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,6 +82,11 @@ class Backend(abc.ABC):
     def check_available(self, device: torch.device | None) -> None:  # noqa: B027 - optional hook
         """Raise ``BackendUnavailableError`` saying why this backend cannot run on ``device``."""
 
+    def auto_declines(self, device: torch.device | None) -> str | None:
+        """Why ``backend="auto"`` should not pick this backend on ``device`` although it can run there
+        (measured slower than the next candidate); None to accept. Asked only after ``check_available``."""
+        return None
+
     def is_available(self, device: torch.device | None) -> bool:
         try:
             self.check_available(device)

@@ -98,6 +98,14 @@ class TensorRTBackend(Backend):
             api_table.api_for(version, flavour)
         _import_torch_tensorrt()
 
+    def auto_declines(self, device):
+        index = device.index if device is not None and device.type == "cuda" else None
+        try:
+            capability = torch.cuda.get_device_capability(index)
+        except Exception:  # noqa: BLE001 - no GPU to ask: nothing to decline on
+            return None
+        return api_table.auto_declines(_flavour(), capability)
+
     def embeds_weights(self, settings) -> bool:
         # A refittable engine is keyed without its weights: its entry records which weights it holds, and a
         # process with other weights loads it and refits (resolver), instead of building anew.
