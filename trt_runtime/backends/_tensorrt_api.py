@@ -120,9 +120,10 @@ RTX_CAPABILITIES = frozenset({(8, 6), (8, 9), (12, 0)})
 """The compute capabilities TensorRT-RTX builds for by default (its ``portable`` list in TensorRT-RTX 1.4): the
 RTX GPUs it is made for (Ampere and Ada RTX cards, L40-class, Blackwell RTX). ``backend="auto"`` does not pick
 TensorRT-RTX on other GPUs (A100 8.0, H100/H200 9.0, B200 10.0): on H100 and H200 its engines ran slower than
-inductor with trt_runtime's defaults for the SD1.5 UNet (10.7 against 7.7 ms), ControlNet, CLIP-L and the SD1.5
-and SDXL images, and slower than eager PyTorch for the SD3 and Flux transformers (92 against 53 ms, 50.6 against
-38.9 ms); only the VAE decoder was faster (benchmarks/results/2026-11-26b-h100, 2026-11-27d-h200)."""
+inductor for the SD1.5 UNet (10.7 against 7.7 ms), the SDXL UNet (44.0 against 34.4 ms reduce-overhead),
+ControlNet, CLIP-L and the SD1.5 and SDXL images, and slower than eager PyTorch for the SD3 and Flux transformers
+(92 against 53 ms, 50.6 against 38.9 ms); only the VAE decoder was faster (24.5 against 36.2 ms at 1024x1024),
+which ``backend="fastest"`` finds per component (benchmarks/results/2026-11-26b-h100, 2026-11-27d-h200)."""
 
 
 def auto_declines(flavour: str | None, capability: tuple[int, int] | None) -> str | None:
@@ -132,8 +133,8 @@ def auto_declines(flavour: str | None, capability: tuple[int, int] | None) -> st
     major, minor = capability
     made_for = "/".join(f"{a}.{b}" for a, b in sorted(RTX_CAPABILITIES))
     return (f"TensorRT-RTX is made for RTX GPUs (compute capability {made_for}); on this GPU ({major}.{minor}) its "
-            "engines measured slower than inductor (H100/H200: SD1.5 UNet 10.7 against 7.7 ms, SD3 and Flux slower "
-            "than eager)")
+            "engines measured slower than inductor for UNets and transformers (H100/H200: SD1.5 UNet 10.7 against "
+            "7.7 ms, SD3 and Flux slower than eager) and faster only for the VAE decoder")
 
 
 @dataclasses.dataclass(frozen=True)
