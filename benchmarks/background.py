@@ -121,6 +121,7 @@ def _measure(args: argparse.Namespace) -> int:
     figures["background_max_image_s"] = max(images)
     figures["compiled_image_s"] = statistics.median([image(), image()])
     figures["totals"] = runtime.stats.totals()
+    figures["backends_used"] = sorted({row.backend for row in runtime.stats.rows()})  # what `auto` resolved to
     figures["summary"] = runtime.summary()
     record()
     print(json.dumps(figures))

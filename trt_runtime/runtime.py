@@ -90,9 +90,8 @@ class TensorRTRuntime:
 
     def backend_for(self, device: torch.device | None, settings: RuntimeSettings | None = None) -> Backend:
         name = (settings or self.settings).backend
-        device_type = device.type if device is not None else "cpu"
         with self._lock:
-            tag = f"{name}:{device_type}"
+            tag = f"{name}:{device}"  # per device, not per type: `auto` may choose differently on each GPU
             if tag not in self._backends:
                 self._backends[tag] = select_backend(name, device)
             return self._backends[tag]

@@ -51,7 +51,8 @@ class RuntimeSettings:
 
     # --- runtime -------------------------------------------------------------------------------------
     backend: str = "auto"
-    """``auto`` (tensorrt when importable and CUDA is present, else inductor), ``tensorrt``,
+    """``auto`` (tensorrt when importable and CUDA is present, except TensorRT-RTX on a GPU it is not made for;
+    else inductor), ``tensorrt``,
     ``inductor``, ``eager``, or ``fastest`` (build every backend that can run, time them on the real call,
     keep the fastest and record the choice in the cache: slow first build, for ``trt-runtime build``)."""
     cache_dir: str | None = None

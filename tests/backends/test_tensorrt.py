@@ -181,6 +181,7 @@ def test_flat_call_rebuilds_nested_arguments():
 @pytest.mark.parametrize(("flavour", "capability", "chosen"), [
     ("tensorrt-rtx", (9, 0), "inductor"),   # H100 / H200: measured slower than inductor
     ("tensorrt-rtx", (8, 0), "inductor"),   # A100
+    ("tensorrt-rtx", (7, 5), "tensorrt"),   # Turing RTX
     ("tensorrt-rtx", (8, 9), "tensorrt"),   # Ada RTX / L40S
     ("tensorrt-rtx", (12, 0), "tensorrt"),  # Blackwell RTX
     ("tensorrt", (9, 0), "tensorrt"),       # datacenter TensorRT on a datacenter GPU
@@ -209,4 +210,15 @@ def test_auto_says_once_and_visibly_why_tensorrt_rtx_was_not_chosen(child_env):
     assert result.stdout.split() == ["inductor"] * 3
     err = result.stderr
     assert err.count("did not choose tensorrt") == 1, err
-    assert "compute capability 8.6/8.9/12.0" in err and "(9.0)" in err and "backend='tensorrt'" in err, err
+    assert "compute capability 7.5/8.6/8.9/12.0" in err and "(9.0)" in err and "backend='tensorrt'" in err, err
+
+
+def test_auto_chooses_per_gpu_on_a_machine_with_two_kinds(standin, monkeypatch):
+    import trt_runtime
+
+    standin(flavour="tensorrt-rtx")
+    capabilities = {0: (8, 9), 1: (9, 0)}  # an RTX card beside an H100
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capabilities[device or 0])
+    rt = trt_runtime.TensorRTRuntime(backend="auto", persist=False)
+    chosen = {index: rt.backend_for(torch.device("cuda", index)).name for index in (1, 0)}
+    assert chosen == {0: "tensorrt", 1: "inductor"}

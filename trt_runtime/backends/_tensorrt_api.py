@@ -116,10 +116,11 @@ TARGETS = ("current", "portable")
 capabilities (8.6 / 8.9 / 12.0 in RTX 1.4: an H100, 9.0, cannot run their Myelin kernels). Datacenter
 TensorRT always builds for the GPU in the machine; there the setting changes nothing but the key."""
 
-RTX_CAPABILITIES = frozenset({(8, 6), (8, 9), (12, 0)})
-"""The compute capabilities TensorRT-RTX builds for by default (its ``portable`` list in TensorRT-RTX 1.4): the
-RTX GPUs it is made for (Ampere and Ada RTX cards, L40-class, Blackwell RTX). ``backend="auto"`` does not pick
-TensorRT-RTX on other GPUs (A100 8.0, H100/H200 9.0, B200 10.0): on H100 and H200 its engines ran slower than
+RTX_CAPABILITIES = frozenset({(7, 5), (8, 6), (8, 9), (12, 0)})
+"""The GPU generations TensorRT-RTX is made for: Turing RTX (7.5, in its ``ComputeCapability`` enum though not in
+its default build list), Ampere RTX (8.6), Ada (8.9, RTX cards and the L40 class) and Blackwell RTX (12.0), its
+default ``portable`` build list in TensorRT-RTX 1.4 being the last three. ``backend="auto"`` does not pick
+TensorRT-RTX on the datacenter parts (A100 8.0, H100/H200 9.0, B200 10.0): on H100 and H200 its engines ran slower than
 inductor for the SD1.5 UNet (10.7 against 7.7 ms), the SDXL UNet (44.0 against 34.4 ms reduce-overhead),
 ControlNet, CLIP-L and the SD1.5 and SDXL images, and slower than eager PyTorch for the SD3 and Flux transformers
 (92 against 53 ms, 50.6 against 38.9 ms); only the VAE decoder was faster (24.5 against 36.2 ms at 1024x1024),
