@@ -39,6 +39,8 @@ __all__ = [
     "disable_default_handler",
     "install_default_handler",
     "Heartbeat",
+    "warn_once",
+    "forget_warnings",
     "event",
 ]
 
@@ -214,3 +216,26 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+_MAX_WARNED = 4096
+
+
+def warn_once(log: logging.Logger, subject: str, reason: str, message: str, *args: Any) -> None:
+    """``log.warning`` once per (subject, reason) for the life of the process: a refused cache entry is looked up
+    again on every new process and shape, a declined backend on every new runtime; one line each is enough."""
+    with _warned_lock:
+        if (subject, reason) in _warned:
+            return
+        if len(_warned) >= _MAX_WARNED:
+            _warned.clear()
+        _warned.add((subject, reason))
+    log.warning(message, *args)
+
+
+def forget_warnings() -> None:
+    """Warn again about everything (tests; a long-lived service after an operator fixed the cause)."""
+    with _warned_lock:
+        _warned.clear()

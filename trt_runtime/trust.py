@@ -35,11 +35,11 @@ import logging
 import os
 import secrets
 import stat
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import logging_utils
 from .errors import ConfigurationError
 
 __all__ = [
@@ -239,24 +239,11 @@ def ancestors_reason(folder: str | os.PathLike) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ warnings
-_warned: set[tuple[str, str]] = set()
-_warned_lock = threading.Lock()
-_MAX_WARNED = 4096
-
-
 def warn_once(subject: str, reason: str, message: str, *args: Any) -> None:
     """``logger.warning`` once per (subject, reason) for the life of the process: a refused entry is
     looked up again on every new process and shape, and one line per entry and cause is enough."""
-    with _warned_lock:
-        if (subject, reason) in _warned:
-            return
-        if len(_warned) >= _MAX_WARNED:
-            _warned.clear()
-        _warned.add((subject, reason))
-    logger.warning(message, *args)
+    logging_utils.warn_once(logger, subject, reason, message, *args)
 
 
-def forget_warnings() -> None:
-    """Warn again about everything (tests; a long-lived service after an operator fixed the cache)."""
-    with _warned_lock:
-        _warned.clear()
+forget_warnings = logging_utils.forget_warnings
+"""Warn again about everything (tests; a long-lived service after an operator fixed the cache)."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 import logging
-import threading
 from collections.abc import Callable
 
 import torch
 
 from ..errors import BackendUnavailableError, ConfigurationError
+from ..logging_utils import warn_once
 from .base import Backend, CompileRequest, iter_tensors
 
 __all__ = ["Backend", "CompileRequest", "iter_tensors", "check_backend_name", "get_backend", "register_backend",
@@ -75,7 +75,9 @@ def select_backend(name: str, device: torch.device | None) -> Backend:
         declined = backend.auto_declines(device)
         if declined:
             skipped.append(f"{candidate} not chosen: {declined}")
-            _say_declined_once(candidate, declined)
+            warn_once(logger, f"auto:{candidate}", declined, "backend 'auto' did not choose %s: %s. Pass backend=%r "
+                      "to use it anyway, or backend='fastest' to time both on your modules and keep the faster",
+                      candidate, declined, candidate)
             continue
         break
     else:
@@ -85,17 +87,3 @@ def select_backend(name: str, device: torch.device | None) -> Backend:
                 f" ({'; '.join(skipped)})" if skipped else "")
     return backend
 
-
-_DECLINED: set[tuple[str, str]] = set()
-_DECLINED_LOCK = threading.Lock()
-
-
-def _say_declined_once(candidate: str, reason: str) -> None:
-    """A user who installed a backend's extra expects it to be used: say once per process, visibly, why
-    ``auto`` did not, and how to use it anyway."""
-    with _DECLINED_LOCK:
-        if (candidate, reason) in _DECLINED:
-            return
-        _DECLINED.add((candidate, reason))
-    logger.warning("backend 'auto' did not choose %s: %s. Pass backend=%r to use it anyway, or backend='fastest' "
-                   "to time both on your modules and keep the faster", candidate, reason, candidate)
