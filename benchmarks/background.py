@@ -13,8 +13,14 @@ images at once. The figures, as one JSON line:
   load) and ``background_ready_s``, seconds from wrapping until every artifact is in use;
 - ``compiled_image_s``: an image once the artifacts are swapped in.
 
-``--profile N`` adds the N costliest functions of the first wrapped image in the calling thread
-(``background_first_profile``, cProfile): what the wrapper itself adds to that image.
+``--profile N`` adds the N costliest functions of the first wrapped image (``background_first_profile``, cProfile;
+on Python 3.12+ it sees every thread, the build worker's included): what the wrapper itself adds to that image.
+
+``--fresh N`` measures what a server that just started sees instead: N pairs of new processes, one generating its
+first image unwrapped, one with ``wrap_pipeline(pipe, background=True)``, alternating, each with empty caches and
+nothing run before (so both pay CUDA's and cuDNN's first-use costs, as a server does). The figures:
+``fresh_eager_first_s`` and ``fresh_background_first_s`` (one per process), their medians and
+``fresh_background_vs_eager``, the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -45,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "by a time limit keeps what it measured)")
     parser.add_argument("--profile", type=int, default=0, help="report the N costliest functions of the first "
                                                                 "wrapped image")
+    parser.add_argument("--eager-images", type=int, default=8, help="warm eager images for the median (default 8)")
+    parser.add_argument("--fresh", type=int, default=0, help="instead: N pairs of new processes, first image "
+                                                             "unwrapped against first image with background builds")
+    parser.add_argument("--first-only", choices=("eager", "background"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fresh:
+        return _fresh_pairs(args)
     # fresh caches, seen by the build processes too (they inherit the environment): an engine or kernel that an
     # earlier run left in the default folders would make the builds loads
     scratch = tempfile.mkdtemp(prefix="trt_runtime_background_")
@@ -91,8 +105,15 @@ def _measure(args: argparse.Namespace) -> int:
             with open(args.json, "w") as out:
                 json.dump(figures, out)
 
+    if args.first_only:  # one process of --fresh: its first image, nothing run before it
+        if args.first_only == "background":
+            trt_runtime.wrap_pipeline(pipe, runtime=trt_runtime.TensorRTRuntime(background=True, backend=args.backend))
+        figures["first_only"] = args.first_only
+        figures["first_image_s"] = image()
+        print(json.dumps(figures))
+        return 0
     figures["eager_first_image_s"] = image()
-    figures["eager_images"] = [image() for _ in range(4)]
+    figures["eager_images"] = [image() for _ in range(args.eager_images)]
     figures["eager_image_s"] = statistics.median(figures["eager_images"])
     runtime = trt_runtime.TensorRTRuntime(background=True, backend=args.backend)
     figures["backend"] = args.backend
@@ -126,6 +147,39 @@ def _measure(args: argparse.Namespace) -> int:
     record()
     print(json.dumps(figures))
     return 0
+
+
+def _fresh_pairs(args: argparse.Namespace) -> int:
+    """``--fresh N``: each first image in a new process (see the module docstring)."""
+    figures: dict[str, object] = {"case": args.case, "size": args.size, "device": args.device, "backend": args.backend,
+                                  "torch": torch.__version__, "fresh_eager_first_s": [],
+                                  "fresh_background_first_s": [], "fresh_failures": []}
+    for _ in range(args.fresh):
+        for mode in ("eager", "background"):
+            command = [sys.executable, "-m", "benchmarks.background", args.case, "--size", args.size, "--device",
+                       args.device, "--backend", args.backend, "--first-only", mode]
+            done = subprocess.run(command, capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            figures.setdefault("fresh_exits", []).append(f"{mode}: {done.returncode}")  # a crash at exit counts too
+            if not lines:
+                figures["fresh_failures"].append(f"{mode}: exit {done.returncode}: {done.stderr[-500:]}")
+                continue
+            if done.returncode != 0:
+                figures["fresh_failures"].append(f"{mode}: image made, then exit {done.returncode}: "
+                                                 f"{done.stderr[-300:]}")
+            row = json.loads(lines[-1])
+            figures.setdefault("gpu", row.get("gpu"))
+            figures[f"fresh_{mode}_first_s"].append(row["first_image_s"])
+    eager, background = figures["fresh_eager_first_s"], figures["fresh_background_first_s"]
+    if eager and background:
+        figures["fresh_eager_first_median_s"] = statistics.median(eager)
+        figures["fresh_background_first_median_s"] = statistics.median(background)
+        figures["fresh_background_vs_eager"] = statistics.median(background) / statistics.median(eager)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(figures, out)
+    print(json.dumps(figures))
+    return 0 if eager and background and not figures["fresh_failures"] else 1
 
 
 if __name__ == "__main__":

@@ -358,7 +358,8 @@ def test_a_build_process_stops_when_its_parent_dies_and_runs_at_a_lower_priority
     import subprocess
     import sys
 
-    child = ("import os, time; from trt_runtime import build_process as b; b._lower_priority(); "
+    child = ("import os, time; from trt_runtime import _build_child as c; c.lower_priority(); "
+             "from trt_runtime import build_process as b; "
              "b._exit_with_parent(); print(os.getpid(), os.nice(0), flush=True); time.sleep(120)")
     parent = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', sys.argv[1]]); "
               "time.sleep(120)")
@@ -372,6 +373,62 @@ def test_a_build_process_stops_when_its_parent_dies_and_runs_at_a_lower_priority
         _wait_for(lambda: not _alive(pid), timeout=30)
     finally:
         proc.kill()
+
+
+def test_a_process_that_exits_during_a_build_waits_for_its_worker_to_leave_it(tmp_path):
+    """A worker thread still in the middle of its job while the interpreter tears down aborted a server on a GPU
+    (exit -6): at exit the cancelled job is waited for (briefly), so it finishes before the process does."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "left"
+    code = f"""
+import time
+from trt_runtime import builds
+q = builds.queue_for(None, 2)
+def job():
+    time.sleep(1.0)
+    open({str(marker)!r}, "w").write("done")
+q.submit("slow job", job)
+time.sleep(0.2)  # the worker has taken it
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marker.read_text() == "done"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "nice"), reason="needs os.nice")
+def test_a_build_process_lowers_its_priority_before_it_imports_torch():
+    """Importing torch takes seconds of CPU while the parent answers its first calls eagerly: the build process's entry
+    point lowers its priority first (the spy records the priority at the moment torch is imported)."""
+    import subprocess
+    import sys
+
+    code = """
+import os, sys
+base = os.nice(0)
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.nice(0))
+        return None
+sys.meta_path.insert(0, Spy())
+from trt_runtime import _build_child
+assert "torch" not in sys.modules, "the entry point imported torch"
+try:
+    _build_child.run([os.path.join(sys.argv[1], "missing-build.pt")])
+except FileNotFoundError:
+    pass
+print(base, seen[0])
+"""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        done = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    base, at_import = map(int, done.stdout.split()[-2:])
+    assert at_import == min(19, base + 10)
 
 
 def test_a_build_process_whose_parent_died_while_it_started_stops_at_once():

@@ -13,7 +13,8 @@ inputs through a private temporary folder: the module's config, the call, the se
 buffer by name; nothing of it is executed from an untrusted place (the folder is created 0700 by this process and
 removed afterwards).
 
-The child starts at a lower CPU priority (``nice`` +10, inherited by inductor's compile workers) and makes the
+The child starts at a lower CPU priority (``nice`` +10 from its first instruction, before torch is imported:
+``_build_child.py``; inherited by inductor's compile workers) and makes the
 module's parameters on the meta device, then puts the parent's tensors in place: it neither initialises random
 weights on the host (minutes of CPU and 48 GB for Flux) nor competes with the caller's kernel launches for the CPU. A child ends
 with its parent: at exit the parent stops the builds it started (``stop_children``), and a child whose parent died
@@ -57,8 +58,6 @@ _EXIT_NO_SHARED = 75
 """The child's exit status when it cannot open the parent's shared weights: the parent sends copies instead."""
 _SHARING_FAILED = False
 """Set when a build process could not map this process's weights: later builds send copies."""
-_NICE = 10
-"""How much lower the child's CPU priority is than the parent's: the caller's launches come first."""
 _PARENT_ENV = "TRT_RUNTIME_BUILD_PARENT"
 """The parent's pid, given to the child: it compares it with its own parent's from its first moment on."""
 _CHILDREN: dict[subprocess.Popen, bool] = {}
@@ -217,7 +216,7 @@ def _run_child(comp: Any, module: torch.nn.Module, args: tuple, kwargs: dict[str
         torch.save(payload, folder / "build.pt")
         logger.info("[%s] building in a separate process (weights %s)", comp.name,
                     "copied" if shared is None else "shared with it, not copied")
-        return _wait_for_child([sys.executable, "-m", "trt_runtime.build_process", str(folder / "build.pt")])
+        return _wait_for_child([sys.executable, "-m", "trt_runtime._build_child", str(folder / "build.pt")])
     except Exception as err:  # noqa: BLE001 - the in-process build is always there
         logger.info("[%s] could not build in a separate process (%s: %s); building in this process", comp.name,
                     type(err).__name__, err)
@@ -281,13 +280,6 @@ def _exit_with_parent() -> None:
                 os._exit(70)
 
     threading.Thread(target=watch, name="trt_runtime-parent-watch", daemon=True).start()
-
-
-def _lower_priority() -> None:
-    try:
-        os.nice(_NICE)
-    except (AttributeError, OSError):  # not on this platform, or not permitted: build at the same priority
-        pass
 
 
 def rebuild(recipe: dict[str, Any], tensors: dict[str, torch.Tensor], requires_grad: set[str]) -> torch.nn.Module:
@@ -365,8 +357,9 @@ def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], re
             raise KeyError(f"the rebuilt module has no parameter or buffer {name!r}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The child: rebuild the module, wrap it like the parent, make the one call (which builds and saves)."""
+def main(argv: list[str]) -> int:
+    """The child (started as ``python -m trt_runtime._build_child``, which lowered its priority first): rebuild the
+    module, wrap it like the parent, make the one call (which builds and saves)."""
     import contextlib
 
     from .runtime import TensorRTRuntime
@@ -374,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in filter(None, os.environ.get(IMPORTS_ENV, "").split(",")):
         importlib.import_module(name.strip())  # e.g. modules that register custom backends
-    _lower_priority()
     _exit_with_parent()
-    path = Path((argv or sys.argv[1:])[0])
+    path = Path(argv[0])
     payload = torch.load(path, weights_only=False)  # written by our parent into a private folder, just now
     spec = payload["spec"]
     tensors = payload.get("tensors")
@@ -400,7 +392,3 @@ def main(argv: list[str] | None = None) -> int:
     rows = runtime.stats.rows()
     print(json.dumps({"keys": [r.key for r in rows], "states": [r.state for r in rows]}))
     return 0 if rows and all(r.state == "ready" for r in rows) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -112,6 +112,11 @@ class BuildQueue:
 _QUEUES: dict[str, BuildQueue] = {}
 _LOCK = threading.Lock()
 _REGISTERED = False
+_EXIT_WAIT_S = 5.0
+"""How long a process that exits waits for its workers to leave the builds it cancelled (a worker waiting for a
+build process it stopped leaves at once). A worker thread still inside torch's C++ code while the interpreter tears
+down aborted the process on an H200 ("terminate called without an active exception", exit -6) when a server exited
+during its first builds."""
 
 
 def queue_for(device: torch.device | None, max_pending: int) -> BuildQueue:
@@ -123,7 +128,7 @@ def queue_for(device: torch.device | None, max_pending: int) -> BuildQueue:
         if build_queue is None or build_queue.cancelled():
             build_queue = _QUEUES[name] = BuildQueue(name, max_pending)
         if not _REGISTERED:
-            atexit.register(shutdown_all)
+            atexit.register(_shutdown_at_exit)
             _REGISTERED = True
         return build_queue
 
@@ -146,6 +151,10 @@ def shutdown_all(wait_s: float = 0.0) -> None:
                         f"; stopped the one in progress ({current})" if current else "")
     if stopped:
         logger.debug("stopped %d build process(es)", stopped)
+
+
+def _shutdown_at_exit() -> None:
+    shutdown_all(wait_s=_EXIT_WAIT_S)
 
 
 def grad_modes() -> tuple[bool, bool]:
