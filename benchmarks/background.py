@@ -17,7 +17,8 @@ images at once. The figures, as one JSON line:
 on Python 3.12+ it sees every thread, the build worker's included): what the wrapper itself adds to that image.
 
 ``--fresh N`` measures what a server that just started sees instead: N pairs of new processes, one generating its
-first image unwrapped, one with ``wrap_pipeline(pipe, background=True)``, alternating, each with empty caches and
+first image unwrapped, one with ``wrap_pipeline(pipe, background=True)`` (which goes first alternates from pair to
+pair; each process is given ``--max-wait`` seconds), each with empty caches and
 nothing run before (so both pay CUDA's and cuDNN's first-use costs, as a server does). The figures:
 ``fresh_eager_first_s`` and ``fresh_background_first_s`` (one per process), their medians and
 ``fresh_background_vs_eager``, the ratio of the medians.
@@ -154,11 +155,16 @@ def _fresh_pairs(args: argparse.Namespace) -> int:
     figures: dict[str, object] = {"case": args.case, "size": args.size, "device": args.device, "backend": args.backend,
                                   "torch": torch.__version__, "fresh_eager_first_s": [],
                                   "fresh_background_first_s": [], "fresh_failures": []}
-    for _ in range(args.fresh):
-        for mode in ("eager", "background"):
+    for pair in range(args.fresh):
+        # the order alternates: whatever a machine's first processes pay (a cold page cache, clocks) falls on both
+        for mode in ("eager", "background") if pair % 2 == 0 else ("background", "eager"):
             command = [sys.executable, "-m", "benchmarks.background", args.case, "--size", args.size, "--device",
                        args.device, "--backend", args.backend, "--first-only", mode]
-            done = subprocess.run(command, capture_output=True, text=True)
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=args.max_wait)
+            except subprocess.TimeoutExpired:
+                figures["fresh_failures"].append(f"{mode}: no image within {args.max_wait:.0f} s")
+                continue
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
             figures.setdefault("fresh_exits", []).append(f"{mode}: {done.returncode}")  # a crash at exit counts too
             if not lines:

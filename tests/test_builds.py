@@ -375,26 +375,89 @@ def test_a_build_process_stops_when_its_parent_dies_and_runs_at_a_lower_priority
         proc.kill()
 
 
-def test_a_process_that_exits_during_a_build_waits_for_its_worker_to_leave_it(tmp_path):
-    """A worker thread still in the middle of its job while the interpreter tears down aborted a server on a GPU
-    (exit -6): at exit the cancelled job is waited for (briefly), so it finishes before the process does."""
+def _exit_during_a_build(tmp_path, before_exit: str = "", job_s: float = 1.0, queues: int = 1):
+    """Run a process that exits while its build workers are in a job of ``job_s`` seconds; returns (exit status,
+    seconds from the exit to the end of the process, which workers finished their job)."""
     import subprocess
     import sys
 
-    marker = tmp_path / "left"
     code = f"""
-import time
+import threading, time
 from trt_runtime import builds
-q = builds.queue_for(None, 2)
-def job():
-    time.sleep(1.0)
-    open({str(marker)!r}, "w").write("done")
-q.submit("slow job", job)
-time.sleep(0.2)  # the worker has taken it
+started = []
+for index in range({queues}):
+    event = threading.Event()
+    def job(index=index, event=event):
+        event.set()
+        time.sleep({job_s})
+        open({str(tmp_path)!r} + f"/left-{{index}}", "w").write("done")
+    builds.queue_for(__import__("torch").device("cuda", index), 2).submit("slow job", job)
+    started.append(event)
+assert all(event.wait(60) for event in started), "a worker never took its job"
+{before_exit}
+print(time.time(), flush=True)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert marker.read_text() == "done"
+    ended = __import__("time").time()
+    exited_at = float(done.stdout.split()[-1]) if done.stdout.split() else ended
+    finished = sorted(path.name for path in tmp_path.glob("left-*"))
+    return done.returncode, ended - exited_at, finished, done.stderr
+
+
+def test_a_process_that_exits_during_a_build_waits_for_its_worker_to_leave_it(tmp_path):
+    """A worker thread still in the middle of its job while the interpreter tears down aborted a server on a GPU
+    (exit -6): at exit the cancelled job is waited for (briefly), so it finishes before the process does."""
+    status, _, finished, stderr = _exit_during_a_build(tmp_path)
+    assert status == 0, stderr[-2000:]
+    assert finished == ["left-0"]
+
+
+def test_the_exit_wait_holds_after_the_builds_were_shut_down_by_hand(tmp_path):
+    """A server that calls ``shutdown_all()`` itself before exiting (as the benchmark does) dropped the queues, and
+    with them what the exit handler waited for: the workers are tracked apart from the queues."""
+    status, _, finished, stderr = _exit_during_a_build(tmp_path, before_exit="builds.shutdown_all()")
+    assert status == 0, stderr[-2000:]
+    assert finished == ["left-0"]
+
+
+def test_the_exit_wait_is_one_deadline_for_every_worker(tmp_path, monkeypatch):
+    """Three workers stuck in jobs longer than the wait: the process leaves them after the wait once, not once
+    per worker."""
+    from trt_runtime import builds as module
+
+    status, waited, finished, stderr = _exit_during_a_build(tmp_path, job_s=30.0, queues=3)
+    assert status == 0, stderr[-2000:]
+    assert finished == []
+    assert waited < module._EXIT_WAIT_S * 2, f"the exit took {waited:.1f} s for three stuck workers"
+
+
+@pytest.mark.skipif(__import__("sys").platform == "win32", reason="process groups are POSIX")
+def test_stopping_a_build_process_stops_what_it_started(tmp_path):
+    """A build process's own children (inductor's compile workers) inherit its output pipes: stopped alone, they
+    kept the pipes open and the worker waiting, and were left running. The whole group is stopped."""
+    import os
+    import sys
+
+    from trt_runtime import build_process
+
+    pid_file = tmp_path / "grandchild"
+    script = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(120)']); open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(120)")
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(build_process._wait_for_child([sys.executable, "-c",
+                                                                                           script])))
+    thread.start()
+    _wait_for(lambda: pid_file.exists() and pid_file.read_text(), timeout=60)
+    grandchild = int(pid_file.read_text())
+    assert build_process.stop_children(wait_s=10) == 1
+    thread.join(30)
+    assert not thread.is_alive(), "the worker still waits for the build process's pipes"
+    assert result == [None]
+    _wait_for(lambda: not _alive(grandchild), timeout=30)
+    try:
+        os.waitpid(grandchild, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "nice"), reason="needs os.nice")

@@ -228,7 +228,11 @@ def _run_child(comp: Any, module: torch.nn.Module, args: tuple, kwargs: dict[str
 def _wait_for_child(command: list[str]) -> subprocess.CompletedProcess | None:
     """Run the build process to its end; None when this process stopped it (exiting) or it ran too long."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{_PARENT_ENV: str(os.getpid())})
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if sys.platform == "win32":  # no os.nice there: the process starts below normal priority instead
+        options: dict[str, Any] = {"creationflags": subprocess.BELOW_NORMAL_PRIORITY_CLASS}
+    else:  # a group of its own, so that stopping it stops the compiler workers it started too
+        options = {"start_new_session": True}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **options)
     with _CHILDREN_LOCK:
         _CHILDREN[child] = False
     try:
@@ -254,14 +258,32 @@ def stop_children(wait_s: float = 5.0) -> int:
         _CHILDREN.update(dict.fromkeys(children, True))
     for child in children:
         if child.poll() is None:
-            child.terminate()
+            _signal_group(child, terminate=True)
     deadline = time.monotonic() + wait_s
     for child in children:
         try:
             child.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+        _signal_group(child, terminate=False)  # whatever it started and left behind (inductor's compile workers)
     return len(children)
+
+
+def _signal_group(child: subprocess.Popen, terminate: bool) -> None:
+    """Stop ``child`` and the processes it started: its process group where it has one (POSIX, see
+    ``_wait_for_child``), else the child alone. Its workers would otherwise keep its output pipes open, and the
+    worker that waits for it would wait for them."""
+    import signal
+
+    if sys.platform != "win32":
+        try:
+            os.killpg(child.pid, signal.SIGTERM if terminate else signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError, OSError):
+            if not terminate:
+                return  # the group is gone already
+    if terminate:
+        child.terminate()
 
 
 def _exit_with_parent() -> None:
@@ -392,3 +414,9 @@ def main(argv: list[str]) -> int:
     rows = runtime.stats.rows()
     print(json.dumps({"keys": [r.key for r in rows], "states": [r.state for r in rows]}))
     return 0 if rows and all(r.state == "ready" for r in rows) else 1
+
+
+if __name__ == "__main__":  # the entry point of earlier releases: a parent still running one may start it so
+    from ._build_child import run
+
+    raise SystemExit(run(sys.argv[1:]))

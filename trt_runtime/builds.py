@@ -19,6 +19,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,9 @@ class BuildQueue:
         self._running: str | None = None
         self._thread = threading.Thread(target=self._work, name=f"trt_runtime-build-{name}", daemon=True)
         self._thread.start()
+        with _WORKERS_LOCK:
+            _WORKERS[:] = [worker for worker in _WORKERS if worker.is_alive()]
+            _WORKERS.append(self._thread)
 
     @property
     def running(self) -> str | None:
@@ -113,12 +117,15 @@ _QUEUES: dict[str, BuildQueue] = {}
 _LOCK = threading.Lock()
 _REGISTERED = False
 _EXIT_WAIT_S = 5.0
-"""How long a process that exits waits for its workers to leave the builds it cancelled (a worker waiting for a
-build process it stopped leaves at once). A worker thread still inside torch's C++ code while the interpreter tears
-down aborted the process on an H200 ("terminate called without an active exception", exit -6) when a server exited
-during its first builds."""
-
-
+"""How long, in all, a process that exits waits for its workers to leave the builds it cancelled (a worker waiting for
+a build process it stopped leaves at once; a compile inside a worker thread cannot be interrupted and is left after
+this). Python up to 3.13 ends a daemon thread that comes back from C++ code during interpreter shutdown by unwinding
+its stack, which aborts the process: two of three server processes stopped during their first builds aborted so on an
+H200 ("terminate called without an active exception", exit -6)."""
+_WORKERS: list[threading.Thread] = []
+_WORKERS_LOCK = threading.Lock()
+"""Every worker thread started, until it has ended: the exit handler waits for them even after ``shutdown_all``
+dropped their queues (a server that shut its builds down itself, then exits)."""
 def queue_for(device: torch.device | None, max_pending: int) -> BuildQueue:
     """The build queue of ``device`` (one worker per device, created on first use)."""
     global _REGISTERED
@@ -134,7 +141,8 @@ def queue_for(device: torch.device | None, max_pending: int) -> BuildQueue:
 
 
 def shutdown_all(wait_s: float = 0.0) -> None:
-    """Cancel every queue's pending builds and stop the build processes (registered with ``atexit``)."""
+    """Cancel every queue's pending builds and stop the build processes, then wait up to ``wait_s`` seconds in all
+    for the workers to leave their jobs (at exit: ``_EXIT_WAIT_S``)."""
     from . import build_process
 
     with _LOCK:
@@ -144,13 +152,26 @@ def shutdown_all(wait_s: float = 0.0) -> None:
     # cancelled first, so that a stopped build process hands nothing over; then the processes are stopped
     dropped_by_queue = [build_queue.shutdown(0.0) for build_queue in queues]
     stopped = build_process.stop_children()
-    for build_queue, current, dropped in zip(queues, running, dropped_by_queue, strict=True):
-        build_queue.wait(wait_s)
+    for current, dropped in zip(running, dropped_by_queue, strict=True):
         if dropped or current:
             logger.info("cancelled %d queued background build(s)%s", len(dropped),
                         f"; stopped the one in progress ({current})" if current else "")
     if stopped:
         logger.debug("stopped %d build process(es)", stopped)
+    if wait_s > 0:
+        _join_workers(wait_s)
+
+
+def _join_workers(wait_s: float) -> None:
+    """Wait for every worker thread of this process (cancelled ones included) until one deadline."""
+    deadline = time.monotonic() + wait_s
+    with _WORKERS_LOCK:
+        workers = [worker for worker in _WORKERS if worker.is_alive() and worker is not threading.current_thread()]
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    left = [worker.name for worker in workers if worker.is_alive()]
+    if left:
+        logger.info("%d build worker(s) still inside a build after %.0f s: %s", len(left), wait_s, ", ".join(left))
 
 
 def _shutdown_at_exit() -> None:
