@@ -119,3 +119,16 @@ def test_cache_key_is_canonical():
     assert cache_key({"a": 1}) != cache_key({"a": 2})
     assert canonical_json({"x": float("nan"), "d": torch.float16}) == '{"d":"torch.float16","x":"nan"}'
     assert len(cache_key({})) == 40
+
+
+def test_a_cpu_artifacts_key_names_the_cpus_vector_features(monkeypatch):
+    """A CPU entry holds C++ kernels and inductor's ISA probes compiled for this CPU's vector instructions: another
+    CPU (AVX2 only against AVX-512, say) gets another key, never those files."""
+    from trt_runtime import keys
+
+    here = keys.environment(None)
+    assert here["cpu_features"] == keys.cpu_features() and here["cpu_features"]
+    monkeypatch.setattr(keys, "cpu_features", lambda: "sse2-only (a test)")
+    other = keys.environment(None)
+    assert other["cpu_features"] == "sse2-only (a test)"
+    assert keys.cache_key({"env": here}) != keys.cache_key({"env": other})

@@ -181,7 +181,30 @@ def environment(device: torch.device | None) -> dict[str, Any]:
         env["cuda"] = torch.version.cuda
     else:
         env["cpu"] = platform.machine()
+        env["cpu_features"] = cpu_features()
     return env
+
+
+_VECTOR_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+                    "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")
+"""The CPU features inductor's C++ kernels are compiled for (``-mavx512f``...) and its ISA probes test."""
+
+
+def cpu_features() -> str:
+    """The vector features of this CPU that change what inductor compiles for it, from ``/proc/cpuinfo`` (Linux);
+    elsewhere the processor's name. Part of a CPU artifact's key: its kernels, and the ISA probes stored with it,
+    are only valid on a CPU with the same features."""
+    from pathlib import Path
+
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return platform.processor() or "unknown"
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            present = set(line.partition(":")[2].split())
+            return " ".join(name for name in _VECTOR_FEATURES if name in present) or "none"
+    return platform.processor() or "unknown"
 
 
 # --------------------------------------------------------------------------------------------- key

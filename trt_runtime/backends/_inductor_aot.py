@@ -17,7 +17,11 @@ keys each artifact by exactly what those guards check, so a miss means something
 On a CPU the serialized function does not carry the compiled C++ kernels (on a GPU the Triton kernels are
 inside it): a new process would run g++ again for each. So a CPU artifact also stores the kernel files
 the compile added to inductor's cache folder (``kernels/``), and loading puts back the ones missing there
-(measured on two CPU cores, tiny UNet: warm 4.3 s with the kernels, 64 s without, cold 135 s).
+(measured on two CPU cores, tiny UNet: warm 4.3 s with the kernels, 64 s without, cold 135 s). It also stores
+inductor's ISA probes (tiny programs inductor compiles and runs once per cache folder to learn which vector
+instructions the CPU has, with their ``.load_ok`` markers): without them a new machine's first load compiled them
+again, 10-11 s of a tiny CLIP's 12.7 s warm start on two cores (1.8 s with them), and an entry whose compile found
+them already in the folder did not store them. They hold for the CPU features in the key (``keys.cpu_features``).
 
 ``torch._dynamo.config.enable_aot_compile`` is switched on only around the compile (a scoped config
 patch), never left on. Not used (the plain path is): with ``inductor_mode`` set, for declared dynamic
@@ -164,7 +168,7 @@ def compile_aot(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], op
                                  options={"guard_filter_fn": _serializable_guards, **(options or {})})
         call = AotCall(compiled.aot_compile(((module, *args), dict(kwargs))), module)
     if cpu:
-        call.kernels = sorted(_kernel_files() - before)
+        call.kernels = sorted((_kernel_files() - before) | _isa_probe_files())
     return call
 
 
@@ -197,6 +201,25 @@ def _kernel_files() -> set[str]:
     root = _cache_root()
     return {str((Path(folder) / name).relative_to(root))
             for folder, _, files in os.walk(root) for name in files if name.endswith(_KERNEL_SUFFIXES)}
+
+
+_ISA_PROBE_MARK = "_chk_kernel"
+"""What inductor's ISA probe sources define (``__avx_chk_kernel``, ``__avx512_bf16_chk_kernel``...)."""
+
+
+def _isa_probe_files() -> set[str]:
+    """Inductor's ISA probes in its cache folder: each probe's source, library and ``.load_ok`` marker."""
+    root = _cache_root()
+    found: set[str] = set()
+    for source in root.glob("*/*.cpp"):
+        try:
+            if source.stat().st_size > 4096 or _ISA_PROBE_MARK not in source.read_text(errors="ignore"):
+                continue
+        except OSError:
+            continue
+        found.update(str(sibling.relative_to(root)) for sibling in source.parent.glob(f"{source.stem}.*")
+                     if sibling.is_file() and not sibling.is_symlink())
+    return found
 
 
 def _restore_kernels(stored: Path) -> None:
