@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 ARTIFACT = "inductor_aot.bin"
 KERNELS = "kernels"
 _KERNEL_SUFFIXES = (".so", ".cpp", ".h", ".py", ".json")
+_STORED_SUFFIXES = (*_KERNEL_SUFFIXES, ".load_ok")
 
 
 def available() -> bool:
@@ -163,13 +165,67 @@ def compile_aot(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], op
     which kernel files the compile added to inductor's cache folder."""
     before = _kernel_files() if cpu else set()
     args, kwargs = normal_tensors((tuple(args), dict(kwargs)))
-    with torch._dynamo.config.patch(enable_aot_compile=True), canonical_mode():
+    recording = _sources_used() if cpu else contextlib.nullcontext([])  # GPU kernels travel inside the function
+    with recording as used, torch._dynamo.config.patch(enable_aot_compile=True), canonical_mode():
         compiled = torch.compile(_run, fullgraph=True, dynamic=False,
                                  options={"guard_filter_fn": _serializable_guards, **(options or {})})
         call = AotCall(compiled.aot_compile(((module, *args), dict(kwargs))), module)
     if cpu:
-        call.kernels = sorted((_kernel_files() - before) | _isa_probe_files())
+        call.kernels = sorted((_kernel_files() - before) | _with_their_files(used) | _isa_probe_files())
     return call
+
+
+_RECORDERS: list[list[str]] = []
+_RECORDERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _sources_used():
+    """The paths of every source file inductor writes *or finds* while this context is open: ``codecache.write`` is
+    called for each kernel and wrapper, whether its file exists already or not. What a compile adds to the cache is
+    not enough: a compile that reuses kernels an earlier one made (ControlNet after the UNet, the same down blocks)
+    would store none of them, and a new machine would compile them at its first load. Concurrent compiles record
+    each other's files too (stored, harmless)."""
+    from torch._inductor import codecache
+
+    used: list[str] = []
+    with _RECORDERS_LOCK:
+        if not _RECORDERS:
+            original = codecache.write
+
+            def write(*args: Any, **kwargs: Any) -> Any:
+                result = original(*args, **kwargs)
+                path = result[1] if isinstance(result, tuple) and len(result) == 2 else None
+                if isinstance(path, str):
+                    with _RECORDERS_LOCK:
+                        for recorder in _RECORDERS:
+                            recorder.append(path)
+                return result
+
+            write.original = original  # type: ignore[attr-defined]
+            codecache.write = write
+        _RECORDERS.append(used)
+    try:
+        yield used
+    finally:
+        with _RECORDERS_LOCK:
+            _RECORDERS[:] = [recorder for recorder in _RECORDERS if recorder is not used]  # by identity: equal lists
+            if not _RECORDERS and hasattr(codecache.write, "original"):
+                codecache.write = codecache.write.original
+
+
+def _with_their_files(paths: list[str]) -> set[str]:
+    """Each recorded source with the files inductor made from it (``c<hash>.main.cpp`` -> ``c<hash>.main.so``...),
+    as paths relative to inductor's cache folder; files outside it are not ours to store."""
+    root = _cache_root().resolve()
+    found: set[str] = set()
+    for path in {Path(p).resolve() for p in paths}:
+        if not path.is_relative_to(root):
+            continue
+        stem = path.name.split(".", 1)[0]
+        found.update(str(sibling.relative_to(root)) for sibling in path.parent.glob(f"{stem}.*")
+                     if sibling.is_file() and not sibling.is_symlink() and sibling.name.endswith(_STORED_SUFFIXES))
+    return found
 
 
 def save_aot(call: AotCall, directory: Path) -> None:
