@@ -279,7 +279,7 @@ def _signal_group(child: subprocess.Popen, terminate: bool) -> None:
         try:
             os.killpg(child.pid, signal.SIGTERM if terminate else signal.SIGKILL)
             return
-        except (ProcessLookupError, PermissionError, OSError):
+        except OSError:  # gone already (ProcessLookupError), or not ours to signal
             if not terminate:
                 return  # the group is gone already
     if terminate:

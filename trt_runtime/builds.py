@@ -123,9 +123,11 @@ this). Python up to 3.13 ends a daemon thread that comes back from C++ code duri
 its stack, which aborts the process: two of three server processes stopped during their first builds aborted so on an
 H200 ("terminate called without an active exception", exit -6)."""
 _WORKERS: list[threading.Thread] = []
-_WORKERS_LOCK = threading.Lock()
 """Every worker thread started, until it has ended: the exit handler waits for them even after ``shutdown_all``
 dropped their queues (a server that shut its builds down itself, then exits)."""
+_WORKERS_LOCK = threading.Lock()
+
+
 def queue_for(device: torch.device | None, max_pending: int) -> BuildQueue:
     """The build queue of ``device`` (one worker per device, created on first use)."""
     global _REGISTERED

@@ -264,18 +264,19 @@ _ISA_PROBE_MARK = "_chk_kernel"
 
 
 def _isa_probe_files() -> set[str]:
-    """Inductor's ISA probes in its cache folder: each probe's source, library and ``.load_ok`` marker."""
-    root = _cache_root()
-    found: set[str] = set()
-    for source in root.glob("*/*.cpp"):
-        try:
-            if source.stat().st_size > 4096 or _ISA_PROBE_MARK not in source.read_text(errors="ignore"):
+    """Inductor's finished ISA probes in its cache folder (a probe counts once its ``.load_ok`` marker is there: one
+    another process is still writing is left out), each with its library and marker, fenced as ``_with_their_files``."""
+    sources = []
+    for source in _cache_root().resolve().glob("*/*.cpp"):
+        try:  # a regular small file only: never read through a link, a pipe or a device
+            if (source.is_symlink() or not source.is_file() or source.stat().st_size > 4096
+                    or not source.with_suffix(".so.load_ok").is_file()
+                    or _ISA_PROBE_MARK not in source.read_text(errors="ignore")):
                 continue
         except OSError:
             continue
-        found.update(str(sibling.relative_to(root)) for sibling in source.parent.glob(f"{source.stem}.*")
-                     if sibling.is_file() and not sibling.is_symlink())
-    return found
+        sources.append(str(source))
+    return _with_their_files(sources)
 
 
 def _restore_kernels(stored: Path) -> None:
