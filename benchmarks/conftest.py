@@ -34,8 +34,8 @@ def pytest_addoption(parser):
                     help="interleaved timing rounds per case (default: 100 full, 5 tiny)")
     group.addoption("--bench-warm-start", default="default",
                     help="cases whose warm start in a fresh process is measured: names, 'all', 'none' or "
-                    "'default' (sd15_unet on a GPU; none on a CPU, where inductor's cache artifacts carry no "
-                    "compiled C++ kernels, so a fresh process rebuilds them and the figure says little)")
+                    "'default' (sd15_unet on a GPU; none on a CPU, for time: each warm start first compiles its "
+                    "case cold in a fresh process; 'all' measures them there too)")
     group.addoption("--bench-warm-profile", type=int, default=0,
                     help="report the N costliest functions of each warm start's first call (cProfile)")
     group.addoption("--bench-settings", default="{}",

@@ -207,6 +207,18 @@ def test_what_a_build_process_wrote_is_loaded_by_the_worker_where_that_traces_no
     assert rt.stats.totals()["calls"] == 1 and rt.stats.totals()["loads"] == 1
 
 
+def test_a_build_process_lets_go_of_every_weight_it_was_given_before_it_exits(cache_dir, child_builds, caplog):
+    """A GPU weight mapped into a build process goes back to its owner only when the build process frees it, and a
+    process that exits does not free everything: the owner then kept the weights until it exited itself (with
+    torch's "Producer process has been terminated before all shared CUDA tensors released"). The build process
+    reports how many of its weights were still referenced as it left (copies here, on the CPU; the same count)."""
+    with caplog.at_level("DEBUG", logger="trt_runtime"):
+        _unet, _rt, wrapped, _call, _expected = _background_unet(cache_dir, "tracing")
+        _handed_over(next(iter(wrapped.components.values())))
+    reports = [r.getMessage() for r in caplog.records if "the build process is done" in r.getMessage()]
+    assert len(reports) == 1 and "; 0 of the weights it was given were still referenced" in reports[0], reports
+
+
 def test_a_vae_decoder_builds_in_a_separate_process_from_its_vae(cache_dir, child_builds):
     from tests.support import tiny_models as tm
     from trt_runtime.build_process import can_build_in_process
@@ -594,6 +606,33 @@ def test_on_a_gpu_the_build_process_maps_the_parents_weights(cache_dir, child_bu
     torch.testing.assert_close(vae.decode(z).sample, expected)
     totals = rt.stats.totals()
     assert totals["compiles"] == 0 and totals["loads"] == 1 and doubles.SlowExport.builds == 0, totals
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_parents_weights_are_freed_once_it_lets_go_of_them_after_a_shared_build(cache_dir,
+                                                                                               child_builds):
+    """After a build process that mapped the caller's weights has exited, deleting the model frees its memory at
+    once: nothing is kept in torch's IPC limbo for a child that never let go of it."""
+    import gc
+
+    from tests.support import tiny_models as tm
+    from trt_runtime.modules.vae import apply_vae
+
+    gc.collect()
+    baseline = torch.cuda.memory_allocated()
+    vae = tm.vae_kl().eval().to("cuda", torch.float16)
+    weights = sum(t.numel() * t.element_size() for t in vae.state_dict().values())
+    rt = TensorRTRuntime(backend="slow", cache_dir=cache_dir, background=True)
+    wrapped = apply_vae(vae, runtime=rt, encoder=False)
+    vae.decode(torch.randn(1, 4, 8, 8, device="cuda", dtype=torch.float16))
+    _built_elsewhere(wrapped.components["vae.decoder"])
+    builds.shutdown_all()
+    del vae, wrapped, rt
+    torch._dynamo.reset()
+    gc.collect()
+    torch.cuda.ipc_collect()
+    left = torch.cuda.memory_allocated() - baseline
+    assert left < weights / 2, f"{left} bytes still allocated of {weights} bytes of weights"
 
 
 def test_weights_edited_during_a_shared_build_discard_its_entry(cache_dir, child_builds, monkeypatch, caplog):

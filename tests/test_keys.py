@@ -132,3 +132,27 @@ def test_a_cpu_artifacts_key_names_the_cpus_vector_features(monkeypatch):
     other = keys.environment(None)
     assert other["cpu_features"] == "sse2-only (a test)"
     assert keys.cache_key({"env": here}) != keys.cache_key({"env": other})
+
+
+@pytest.mark.parametrize("cpuinfo, features", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma f16c bmi2\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma f16c\n",
+     "avx avx2 fma f16c"),
+    ("flags\t\t: sse2 avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512_vnni avx512_bf16 amx_tile\n",
+     "avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512_vnni avx512_bf16 amx_tile"),
+    ("processor\t: 0\nFeatures\t: fp asimd evtstrm sve sve2 bf16\n", "asimd sve sve2"),
+    ("flags\t\t: fpu sse sse2\n", "none"),
+    ("flags\t\t: avx512f\n", "avx512f"),  # whole names: avx512f is not avx
+])
+def test_a_cpus_vector_features_are_read_from_its_cpuinfo(cpuinfo, features):
+    from trt_runtime import keys
+
+    assert keys.cpu_features(cpuinfo) == features
+
+
+def test_a_cpu_without_a_flags_line_is_named_by_its_processor(monkeypatch):
+    import platform
+
+    from trt_runtime import keys
+
+    monkeypatch.setattr(platform, "processor", lambda: "Some CPU")
+    assert keys.cpu_features("processor\t: 0\nmodel name\t: Some CPU\n") == "Some CPU"

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["can_build_in_process", "build_in_child", "stop_children", "rebuild", "main", "IMPORTS_ENV"]
+__all__ = ["can_build_in_process", "build_in_child", "stop_children", "rebuild", "release", "main", "IMPORTS_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,19 @@ def build_in_child(comp: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
         logger.info("[%s] build process failed (exit %d: %s); building in this process", comp.name,
                     done.returncode, " | ".join(lines[-3:])[:1000])
         return False
+    logger.debug("[%s] the build process is done; %s of the weights it was given were still referenced when it "
+                 "exited (shared ones stay allocated in this process until it exits)", comp.name,
+                 _last_line(done.stdout).get("unreleased", "an unknown number"))
     return True
+
+
+def _last_line(stdout: str) -> dict[str, Any]:
+    """The JSON line a build process prints last ({} when there is none)."""
+    try:
+        line = json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {}
+    return line if isinstance(line, dict) else {}
 
 
 def _versions(tensors: dict[str, torch.Tensor]) -> list[int]:
@@ -156,7 +168,7 @@ def _discard(comp: Any, stdout: str) -> None:
     from .cache import EngineCache
 
     try:
-        keys = json.loads(stdout.strip().splitlines()[-1])["keys"]
+        keys = _last_line(stdout)["keys"]
         cache = EngineCache.from_settings(comp.settings)
         for key in keys:
             cache.remove(key)
@@ -381,39 +393,68 @@ def assign_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], re
 
 def main(argv: list[str]) -> int:
     """The child (started as ``python -m trt_runtime._build_child``, which lowered its priority first): rebuild the
-    module, wrap it like the parent, make the one call (which builds and saves)."""
-    import contextlib
-
-    from .runtime import TensorRTRuntime
-    from .settings import RuntimeSettings
-
+    module, wrap it like the parent, make the one call (which builds and saves), then let go of the parent's
+    memory before exiting."""
     for name in filter(None, os.environ.get(IMPORTS_ENV, "").split(",")):
         importlib.import_module(name.strip())  # e.g. modules that register custom backends
     _exit_with_parent()
     path = Path(argv[0])
     payload = torch.load(path, weights_only=False)  # written by our parent into a private folder, just now
-    spec = payload["spec"]
-    tensors = payload.get("tensors")
+    tensors = payload.pop("tensors", None)
     if tensors is None:
-        try:  # the parent's own CUDA memory, mapped here (it keeps it alive until this process exits)
+        try:  # the parent's own CUDA memory, mapped here (it keeps it alive until this process lets go of it)
             tensors = pickle.loads((path.parent / "tensors.ipc").read_bytes())  # noqa: S301 - our parent's
         except Exception as err:  # noqa: BLE001
             print(f"cannot map the parent's weights ({type(err).__name__}: {err})", file=sys.stderr)
             return _EXIT_NO_SHARED
+    storages = _storage_refs(tensors)
+    keys, states = _build(payload["spec"], tensors, payload["call"])
+    del tensors, payload
+    held = release(storages)
+    print(json.dumps({"keys": keys, "states": states, "unreleased": held}))
+    return 0 if states and all(state == "ready" for state in states) else 1
+
+
+def _build(spec: dict[str, Any], tensors: dict[str, torch.Tensor], call: Any) -> tuple[list[str], list[str]]:
+    """The one call, in a frame of its own: when it returns, nothing of the module, its wrapper or its runtime is
+    referenced from here."""
+    import contextlib
+
+    from .runtime import TensorRTRuntime
+    from .settings import RuntimeSettings
+
     module = rebuild(spec["recipe"], tensors, set(spec["requires_grad"]))
     module = module.to(device=spec["device"]).eval()  # the parent's tensors are there already, in its dtypes
-    args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(spec["device"]), payload["call"])
-    settings = RuntimeSettings(**spec["settings"])
-    runtime = TensorRTRuntime(settings)
+    args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(spec["device"]), call)
+    runtime = TensorRTRuntime(RuntimeSettings(**spec["settings"]))
     apply, options = spec["family"]
     wrapped = _load_name(apply)(module, runtime=runtime, **options)
-    component = wrapped.components[spec["name"]]
     mode = torch.inference_mode() if spec["inference_mode"] else contextlib.nullcontext()
     with mode, torch.set_grad_enabled(spec["grad"]):
-        component(*args, **kwargs)
+        wrapped.components[spec["name"]](*args, **kwargs)
     rows = runtime.stats.rows()
-    print(json.dumps({"keys": [r.key for r in rows], "states": [r.state for r in rows]}))
-    return 0 if rows and all(r.state == "ready" for r in rows) else 1
+    return [r.key for r in rows], [r.state for r in rows]
+
+
+def _storage_refs(tensors: dict[str, torch.Tensor]) -> list[Any]:
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    return [StorageWeakRef(t.untyped_storage()) for t in tensors.values()]
+
+
+def release(storages: list[Any]) -> int:
+    """Drop what still holds the mapped weights after the build (dynamo's caches of the compiled module, reference
+    cycles) and return how many of ``storages`` are still alive.
+
+    A CUDA tensor mapped from another process is given back to its owner when its storage is freed here (torch
+    counts the mappings in a file both processes share). Python does not free every object when a process exits,
+    so without this the parent kept the weights as if they were still in use: freed only when it exited, with
+    torch's "Producer process has been terminated before all shared CUDA tensors released" at its exit."""
+    import gc
+
+    torch._dynamo.reset()
+    gc.collect()
+    return sum(not ref.expired() for ref in storages)
 
 
 if __name__ == "__main__":  # the entry point of earlier releases: a parent still running one may start it so

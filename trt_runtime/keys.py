@@ -190,17 +190,18 @@ _VECTOR_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512
 """The CPU features inductor's C++ kernels are compiled for (``-mavx512f``...) and its ISA probes test."""
 
 
-def cpu_features() -> str:
-    """The vector features of this CPU that change what inductor compiles for it, from ``/proc/cpuinfo`` (Linux);
-    elsewhere the processor's name. Part of a CPU artifact's key: its kernels, and the ISA probes stored with it,
-    are only valid on a CPU with the same features."""
+def cpu_features(cpuinfo: str | None = None) -> str:
+    """The vector features of this CPU that change what inductor compiles for it, from ``/proc/cpuinfo`` (Linux; or
+    from ``cpuinfo``, that file's text); elsewhere the processor's name. Part of a CPU artifact's key: its kernels,
+    and the ISA probes stored with it, are only valid on a CPU with the same features."""
     from pathlib import Path
 
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="ignore")
-    except OSError:
-        return platform.processor() or "unknown"
-    for line in text.splitlines():
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="ignore")
+        except OSError:
+            return platform.processor() or "unknown"
+    for line in cpuinfo.splitlines():
         if line.startswith(("flags", "Features")):
             present = set(line.partition(":")[2].split())
             return " ".join(name for name in _VECTOR_FEATURES if name in present) or "none"

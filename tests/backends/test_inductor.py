@@ -387,3 +387,29 @@ def test_the_kernel_recorder_leaves_inductor_as_it_found_it(tmp_path, monkeypatc
     assert codecache.write is original
     assert inner == [path] and outer == [path, later]
     assert aot._with_their_files(outer) == {str(Path(p).relative_to(tmp_path)) for p in (path, later)}
+
+
+def test_the_kernel_recorder_leaves_a_wrapper_installed_after_it_in_place(tmp_path, monkeypatch):
+    """Someone else (a profiler, another library) wraps ``codecache.write`` while a compile records: when the
+    recording ends their wrapper stays (it still calls ours, which still calls inductor's); ours is not put back
+    over theirs, and the next recording records through both."""
+    from torch._inductor import codecache
+
+    from trt_runtime.backends import _inductor_aot as aot
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(codecache, "write", codecache.write)  # put inductor's back whatever this test does
+    seen: list[str] = []
+    with aot._sources_used() as used:
+        inside = codecache.write
+
+        def theirs(*args, **kwargs):
+            seen.append(args[0])
+            return inside(*args, **kwargs)
+
+        codecache.write = theirs
+        path = codecache.write("int trt_runtime_probe = 3;", "cpp")[1]
+    assert codecache.write is theirs and used == [path] and seen == ["int trt_runtime_probe = 3;"]
+    with aot._sources_used() as again:
+        second = codecache.write("int trt_runtime_probe = 4;", "cpp")[1]
+    assert again == [second] and codecache.write is theirs

@@ -177,6 +177,7 @@ def compile_aot(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], op
 
 _RECORDERS: list[list[str]] = []
 _RECORDERS_LOCK = threading.Lock()
+_PATCHED: list[Any] = []  # [our wrapper, the function it wraps] while recording
 
 
 @contextlib.contextmanager
@@ -198,20 +199,24 @@ def _sources_used():
                 path = result[1] if isinstance(result, tuple) and len(result) == 2 else None
                 if isinstance(path, str):
                     with _RECORDERS_LOCK:
-                        for recorder in _RECORDERS:
-                            recorder.append(path)
+                        if _PATCHED and _PATCHED[0] is write:  # not a wrapper left inside someone else's
+                            for recorder in _RECORDERS:
+                                recorder.append(path)
                 return result
 
-            write.original = original  # type: ignore[attr-defined]
             codecache.write = write
+            _PATCHED[:] = [write, original]
         _RECORDERS.append(used)
     try:
         yield used
     finally:
         with _RECORDERS_LOCK:
             _RECORDERS[:] = [recorder for recorder in _RECORDERS if recorder is not used]  # by identity: equal lists
-            if not _RECORDERS and hasattr(codecache.write, "original"):
-                codecache.write = codecache.write.original
+            if not _RECORDERS and _PATCHED:
+                ours, original = _PATCHED
+                if codecache.write is ours:  # someone who wrapped it after us keeps their wrapper (and ours inside)
+                    codecache.write = original
+                _PATCHED.clear()
 
 
 def _with_their_files(paths: list[str]) -> set[str]:
