@@ -167,6 +167,9 @@ def _fresh_pairs(args: argparse.Namespace) -> int:
                 continue
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
             figures.setdefault("fresh_exits", []).append(f"{mode}: {done.returncode}")  # a crash at exit counts too
+            figures.setdefault("fresh_exit_messages", []).extend(  # torch's IPC warning, a C++ abort at exit
+                f"{mode}: {line.strip()[:200]}" for line in done.stderr.splitlines() if any(
+                    word in line for word in ("Producer process", "terminate called", "Aborted")))
             if not lines:
                 figures["fresh_failures"].append(f"{mode}: exit {done.returncode}: {done.stderr[-500:]}")
                 continue

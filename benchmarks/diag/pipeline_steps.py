@@ -12,6 +12,9 @@ makes (``benchmarks.pipelines.variant_pipelines``), warms each up, and then for 
   ahead and only the GPU's work counts;
 - ``denoiser_call_ms``: host time inside the denoiser's call (forward pre/post hooks), i.e. what launching it costs;
 - ``denoiser_gpu_ms``: GPU time of the denoiser's call alone (events around the call);
+- ``gpu_before_steps_ms`` and ``gpu_after_steps_ms``: GPU time from the image's start to the end of its first step
+  (prompt encoding, latents, the first step) and from the end of its last step to its end (VAE decoding and
+  post-processing);
 - with ``--profile``: ``torch.profiler`` counts of the CUDA runtime calls that block the host (stream and event
   synchronisations, device-to-host copies) over one image, and the costliest host operators.
 
@@ -45,7 +48,13 @@ class _Steps:
         self.gpu: list[list[torch.cuda.Event]] = []
         self.calls: list[float] = []
         self.call_events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self.bounds: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # per image: its start and its end
         self._entered = 0.0
+
+    def mark(self) -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     def on_step_end(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
         if step == 0:
@@ -72,7 +81,10 @@ class _Steps:
         host = [(b - a) * 1e3 for image in self.host for a, b in itertools.pairwise(image)]
         gpu = [a.elapsed_time(b) for image in self.gpu for a, b in itertools.pairwise(image)]
         calls_gpu = [a.elapsed_time(b) for a, b in self.call_events]
-        return {"host_step_ms": statistics.median(host), "gpu_step_ms": statistics.median(gpu),
+        before = [start.elapsed_time(steps[0]) for (start, _), steps in zip(self.bounds, self.gpu, strict=True)]
+        after = [steps[-1].elapsed_time(end) for (_, end), steps in zip(self.bounds, self.gpu, strict=True)]
+        return {"gpu_before_steps_ms": statistics.median(before), "gpu_after_steps_ms": statistics.median(after),
+                "host_step_ms": statistics.median(host), "gpu_step_ms": statistics.median(gpu),
                 "denoiser_call_ms": statistics.median(self.calls), "denoiser_gpu_ms": statistics.median(calls_gpu),
                 "steps": len(self.host[-1])}
 
@@ -82,9 +94,12 @@ def _image(pipe: Any, case: Any, size: str, steps: _Steps | None) -> tuple[Any, 
     started = time.perf_counter()
     pixels = case.pixels[size]
     extra = {"callback_on_step_end": steps.on_step_end} if steps is not None else {}
+    start = steps.mark() if steps is not None else None
     out = pipe("a lighthouse at dawn, oil painting", num_inference_steps=case.steps[size], height=pixels,
                width=pixels, guidance_scale=case.guidance, generator=torch.Generator("cpu").manual_seed(0),
                output_type="pt", **extra).images
+    if steps is not None:
+        steps.bounds.append((start, steps.mark()))
     torch.cuda.synchronize()
     return out, (time.perf_counter() - started) * 1e3
 
