@@ -16,11 +16,12 @@ import gc
 import json
 import os
 import tempfile
+import time
 
 import torch
 
 
-def _one(background: bool, frozen: bool) -> dict:
+def _one(background: bool, frozen: bool, poll: bool) -> dict:
     from tests.support import register_doubles  # noqa: F401 - the "slow" test backend, here and in the child
     from tests.support import tiny_models as tm
     from trt_runtime import TensorRTRuntime, builds
@@ -36,13 +37,13 @@ def _one(background: bool, frozen: bool) -> dict:
         wrapped = apply_vae(vae, runtime=rt, encoder=False)
         z = torch.randn(1, 4, 8, 8, device="cuda", dtype=torch.float16)
         for _ in range(200 if background else 3):
-            with torch.no_grad():
-                vae.decode(z)
+            if poll or not _:
+                with torch.no_grad():
+                    vae.decode(z)
             slots = list(wrapped.components["vae.decoder"].slots.values())
-            if slots and all(s.state.value == "ready" for s in slots):
+            if slots and all(s.state.value == "ready" or s.handover for s in slots):
                 break
             torch.cuda.synchronize()
-            import time
             time.sleep(0.5)
         states = [s.state.value for s in wrapped.components["vae.decoder"].slots.values()]
         builds.shutdown_all()
@@ -51,7 +52,8 @@ def _one(background: bool, frozen: bool) -> dict:
         torch._dynamo.reset()
         gc.collect()
         torch.cuda.ipc_collect()
-        return {"background": background, "frozen": frozen, "states": states, "weights": weights, "with_model": with_model,
+        return {"background": background, "frozen": frozen, "poll": poll, "states": states, "weights": weights,
+                "with_model": with_model,
                 "left": torch.cuda.memory_allocated() - baseline,
                 "weights_still_allocated": sum(map(bool, allocated_blocks(pointers))), "of": len(pointers)}
 
@@ -65,9 +67,11 @@ def allocated_blocks(pointers: list[int]) -> list[bool]:
 
 def main() -> int:
     os.environ.setdefault("TRT_RUNTIME_BUILD_IMPORTS", "tests.support.register_doubles")
-    for frozen in (True, False):  # parameters with requires_grad off (as pipelines load them), or left on
-        for background in (False, True):
-            print(json.dumps(_one(background, frozen)), flush=True)
+    # parameters with requires_grad off (as pipelines load them) or left on; calls made while the build runs (each
+    # runs eagerly, the one after it loads the artifact) or one call and a wait (the worker loads it beside)
+    for frozen, background, poll in ((True, False, True), (True, True, True), (True, True, False),
+                                     (False, True, False), (False, True, True)):
+        print(json.dumps(_one(background, frozen, poll)), flush=True)
     return 0
 
 
