@@ -149,10 +149,12 @@ def test_a_cpus_vector_features_are_read_from_its_cpuinfo(cpuinfo, features):
     assert keys.cpu_features(cpuinfo) == features
 
 
-def test_a_cpu_without_a_flags_line_is_named_by_its_processor(monkeypatch):
+def test_a_cpu_without_a_flags_line_is_named_by_its_model(monkeypatch):
     import platform
 
     from trt_runtime import keys
 
-    monkeypatch.setattr(platform, "processor", lambda: "Some CPU")
+    monkeypatch.setattr(platform, "processor", lambda: "this machine's processor (must not be used)")
     assert keys.cpu_features("processor\t: 0\nmodel name\t: Some CPU\n") == "Some CPU"
+    assert keys.cpu_features("processor\t: 0\n") == "unknown"
+    assert keys.cpu_features("features\t: esan3 zarch stfle msa vx vxe\n") == "none"  # s390x: lowercase, no SIMD of ours

@@ -41,12 +41,13 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["can_build_in_process", "build_in_child", "stop_children", "rebuild", "release", "main", "IMPORTS_ENV"]
+__all__ = ["can_build_in_process", "build_in_child", "stop_children", "rebuild", "main", "IMPORTS_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,19 +146,26 @@ def build_in_child(comp: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
         logger.info("[%s] build process failed (exit %d: %s); building in this process", comp.name,
                     done.returncode, " | ".join(lines[-3:])[:1000])
         return False
-    logger.debug("[%s] the build process is done; %s of the weights it was given were still referenced when it "
-                 "exited (shared ones stay allocated in this process until it exits)", comp.name,
-                 _last_line(done.stdout).get("unreleased", "an unknown number"))
+    result = _result(done.stdout)
+    held, storages = result.get("unreleased"), result.get("storages")
+    if isinstance(held, int) and isinstance(storages, int):
+        logger.log(logging.INFO if held else logging.DEBUG, "[%s] the build process finished holding %d of the %d "
+                   "storages of the model's weights%s", comp.name, held, storages,
+                   " (shared ones stay allocated in this process until the build process exits)" if held else "")
     return True
 
 
-def _last_line(stdout: str) -> dict[str, Any]:
-    """The JSON line a build process prints last ({} when there is none)."""
-    try:
-        line = json.loads(stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {}
-    return line if isinstance(line, dict) else {}
+def _result(stdout: str) -> dict[str, Any]:
+    """The result line a build process prints (the last JSON object with its keys; {} when there is none: anything
+    its compiler's workers print after it is skipped)."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and "keys" in row:
+            return row
+    return {}
 
 
 def _versions(tensors: dict[str, torch.Tensor]) -> list[int]:
@@ -168,7 +176,7 @@ def _discard(comp: Any, stdout: str) -> None:
     from .cache import EngineCache
 
     try:
-        keys = _last_line(stdout)["keys"]
+        keys = _result(stdout)["keys"]
         cache = EngineCache.from_settings(comp.settings)
         for key in keys:
             cache.remove(key)
@@ -407,24 +415,35 @@ def main(argv: list[str]) -> int:
         except Exception as err:  # noqa: BLE001
             print(f"cannot map the parent's weights ({type(err).__name__}: {err})", file=sys.stderr)
             return _EXIT_NO_SHARED
-    storages = _storage_refs(tensors)
-    keys, states = _build(payload["spec"], tensors, payload["call"])
-    del tensors, payload
-    held = release(storages)
-    print(json.dumps({"keys": keys, "states": states, "unreleased": held}))
+    spec, call = payload["spec"], payload["call"]
+    del payload
+    try:
+        keys, states, storages = _build(spec, tensors, call)
+    except Exception:  # noqa: BLE001 - reported like an uncaught error, after letting go of the weights
+        traceback.print_exc()
+        keys, states, storages = [], [], []
+    del tensors
+    held = _release(storages)
+    print(json.dumps({"keys": keys, "states": states, "unreleased": held, "storages": len(storages)}), flush=True)
     return 0 if states and all(state == "ready" for state in states) else 1
 
 
-def _build(spec: dict[str, Any], tensors: dict[str, torch.Tensor], call: Any) -> tuple[list[str], list[str]]:
+def _build(spec: dict[str, Any], tensors: dict[str, torch.Tensor], call: Any
+           ) -> tuple[list[str], list[str], list[Any]]:
     """The one call, in a frame of its own: when it returns, nothing of the module, its wrapper or its runtime is
-    referenced from here."""
+    referenced from here. Also returns weak references to the storages of the module's tensors (the parent's mapped
+    memory, or the copies it sent, once on the device)."""
     import contextlib
+
+    from torch.multiprocessing.reductions import StorageWeakRef
 
     from .runtime import TensorRTRuntime
     from .settings import RuntimeSettings
 
     module = rebuild(spec["recipe"], tensors, set(spec["requires_grad"]))
     module = module.to(device=spec["device"]).eval()  # the parent's tensors are there already, in its dtypes
+    storages = {t.untyped_storage()._cdata: StorageWeakRef(t.untyped_storage())
+                for t in module_tensors(module).values()}  # one per storage: tied weights count once
     args, kwargs = torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.to(spec["device"]), call)
     runtime = TensorRTRuntime(RuntimeSettings(**spec["settings"]))
     apply, options = spec["family"]
@@ -433,28 +452,27 @@ def _build(spec: dict[str, Any], tensors: dict[str, torch.Tensor], call: Any) ->
     with mode, torch.set_grad_enabled(spec["grad"]):
         wrapped.components[spec["name"]](*args, **kwargs)
     rows = runtime.stats.rows()
-    return [r.key for r in rows], [r.state for r in rows]
+    return [r.key for r in rows], [r.state for r in rows], list(storages.values())
 
 
-def _storage_refs(tensors: dict[str, torch.Tensor]) -> list[Any]:
-    from torch.multiprocessing.reductions import StorageWeakRef
+def _release(storages: list[Any]) -> int | None:
+    """Drop what still holds the module's weights after the build (dynamo's caches, reference cycles) and return how
+    many of ``storages`` are still alive (None when that cannot be told: it never fails a build).
 
-    return [StorageWeakRef(t.untyped_storage()) for t in tensors.values()]
-
-
-def release(storages: list[Any]) -> int:
-    """Drop what still holds the mapped weights after the build (dynamo's caches of the compiled module, reference
-    cycles) and return how many of ``storages`` are still alive.
-
-    A CUDA tensor mapped from another process is given back to its owner when its storage is freed here (torch
-    counts the mappings in a file both processes share). Python does not free every object when a process exits,
-    so without this the parent kept the weights as if they were still in use: freed only when it exited, with
-    torch's "Producer process has been terminated before all shared CUDA tensors released" at its exit."""
+    A CUDA tensor mapped from another process goes back to its owner when its storage is freed here (torch counts
+    the mappings in a file both processes share). Python does not free every object when a process exits: without
+    this the parent kept the weights it shared after it deleted the model, until it exited, with torch's "Producer
+    process has been terminated before all shared CUDA tensors released" at its exit."""
     import gc
 
-    torch._dynamo.reset()
-    gc.collect()
-    return sum(not ref.expired() for ref in storages)
+    try:
+        dynamo = sys.modules.get("torch._dynamo")  # only if the build used it: importing it costs seconds
+        if dynamo is not None:
+            dynamo.reset()
+        gc.collect()
+        return sum(not ref.expired() for ref in storages)
+    except Exception:  # noqa: BLE001 - a count we cannot take is not a failed build
+        return None
 
 
 if __name__ == "__main__":  # the entry point of earlier releases: a parent still running one may start it so

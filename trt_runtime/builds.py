@@ -111,6 +111,10 @@ class BuildQueue:
                 logger.exception("background build %s raised", description)
             finally:
                 self._running = None
+                # a finished job must not outlive itself in this frame while the worker waits for the next one: its
+                # closure holds the component and through it the model, whose memory would stay allocated after the
+                # caller deleted the model, until another build ran on this device
+                del item, job
 
 
 _QUEUES: dict[str, BuildQueue] = {}

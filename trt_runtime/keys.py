@@ -192,20 +192,25 @@ _VECTOR_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512
 
 def cpu_features(cpuinfo: str | None = None) -> str:
     """The vector features of this CPU that change what inductor compiles for it, from ``/proc/cpuinfo`` (Linux; or
-    from ``cpuinfo``, that file's text); elsewhere the processor's name. Part of a CPU artifact's key: its kernels,
+    from ``cpuinfo``, that file's text); without a flags line its model name, elsewhere the processor's name. Part of a CPU artifact's key: its kernels,
     and the ISA probes stored with it, are only valid on a CPU with the same features."""
     from pathlib import Path
 
+    given = cpuinfo is not None
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="ignore")
         except OSError:
             return platform.processor() or "unknown"
+    model = ""
     for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            present = set(line.partition(":")[2].split())
+        field, _, value = line.partition(":")
+        if field.strip().lower() in ("flags", "features"):
+            present = set(value.split())
             return " ".join(name for name in _VECTOR_FEATURES if name in present) or "none"
-    return platform.processor() or "unknown"
+        if field.strip() == "model name" and not model:
+            model = value.strip()
+    return model or ("unknown" if given else platform.processor() or "unknown")
 
 
 # --------------------------------------------------------------------------------------------- key
