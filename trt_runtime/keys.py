@@ -192,8 +192,9 @@ _VECTOR_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512
 
 def cpu_features(cpuinfo: str | None = None) -> str:
     """The vector features of this CPU that change what inductor compiles for it, from ``/proc/cpuinfo`` (Linux; or
-    from ``cpuinfo``, that file's text); without a flags line its model name, elsewhere the processor's name. Part of a CPU artifact's key: its kernels,
-    and the ISA probes stored with it, are only valid on a CPU with the same features."""
+    from ``cpuinfo``, that file's text); without a flags line its model name, elsewhere the processor's name. Part of
+    a CPU artifact's key: its kernels, and the ISA probes stored with it, are only valid on a CPU with the same
+    features."""
     from pathlib import Path
 
     given = cpuinfo is not None
